@@ -1,0 +1,251 @@
+"""The plan of a run: output grid, exposure groups and their regions, input blocks.
+
+Everything here is decided from metadata and pixel maps before any task runs, so the graph
+has a fixed shape and every bad input is reported before heavy work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import gwcs
+import numpy as np
+
+from outlier_dask.geometry.output_grid import footprints_from_s_region, output_wcs_from_footprints
+from outlier_dask.geometry.pixel_map import PixelMap, build_pixel_map
+from outlier_dask.io.members import Member
+from outlier_dask.kernels.flags import FLAG_HALO_PX
+from outlier_dask.parameters import OutlierParameters
+
+__all__ = ["BlockPlan", "GroupPlan", "Plan", "make_plan", "tile_ranges"]
+
+log = logging.getLogger(__name__)
+
+Range = tuple[int, int]
+Window = tuple[Range, Range]
+
+# Drizzle maps pixel corners by extrapolating the map half a pixel beyond the centres; two
+# pixels of margin keep every member's outline inside its group's region.
+REGION_MARGIN_PX = 2
+# A blot cut-out reaches one pixel past the largest mapped position (the bilinear cell) plus
+# a pixel for the border-bound approximation.
+CUTOUT_MARGIN_PX = 2
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One exposure group and the rectangle of the output grid its members cover.
+
+    Attributes
+    ----------
+    group_id : str
+        The group's id.
+    members : tuple of int
+        Member indices in group order.
+    region : Window
+        ``((y0, y1), (x0, x1))`` half-open, in output-grid pixels.
+    """
+
+    group_id: str
+    members: tuple[int, ...]
+    region: Window
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One block of one input frame for blot and compare.
+
+    Attributes
+    ----------
+    member : int
+        Member index.
+    inner : Window
+        The pixels this block decides, ``((r0, r1), (c0, c1))`` half-open.
+    outer : Window
+        ``inner`` plus the halo the flag rule needs, clipped to the frame.
+    cutout : Window or None
+        Rectangle of the median grid the block's pixels map into (None: maps nowhere).
+    """
+
+    member: int
+    inner: Window
+    outer: Window
+    cutout: Window | None
+
+
+@dataclass
+class Plan:
+    """All decisions of a run.
+
+    Attributes
+    ----------
+    members : list of Member
+        Inputs in association order.
+    product_name : str
+        Association product name (names the median and the report).
+    grid_wcs : gwcs.WCS or None
+        The output grid (None with ``resample_data=False``: the median is in the inputs' frame).
+    grid_shape : (int, int)
+        ``(ny, nx)`` of the median.
+    pixel_maps : list of PixelMap or None
+        Per member, input pixel -> output grid.
+    groups : list of GroupPlan
+        Mosaics to build, in median order (with ``resample_data=False``: one per input).
+    tile_shape : (int, int)
+        Chunk shape ``(ty, tx)`` of mosaics and median.
+    blocks : list of BlockPlan
+        Blot-and-compare blocks of every input.
+    """
+
+    members: list[Member]
+    product_name: str
+    grid_wcs: gwcs.WCS | None
+    grid_shape: tuple[int, int]
+    pixel_maps: list[PixelMap] | None
+    groups: list[GroupPlan]
+    tile_shape: tuple[int, int]
+    blocks: list[BlockPlan]
+
+    @property
+    def n_groups(self) -> int:
+        """Number of mosaics in the median stack."""
+        return len(self.groups)
+
+
+def tile_ranges(n: int, size: int) -> list[Range]:
+    """Half-open ranges of length ``size`` (the last one shorter) covering ``[0, n)``."""
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _groups_in_order(members: list[Member]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for member in members:
+        groups.setdefault(member.group_id, []).append(member.index)
+    return groups
+
+
+def _member_region(
+    pixel_map: PixelMap, grid_shape: tuple[int, int]
+) -> Window | None:
+    ny, nx = pixel_map.shape
+    bounds = pixel_map.border_bounds((0, ny), (0, nx))
+    if bounds is None:
+        return None
+    xmin, xmax, ymin, ymax = bounds
+    gy, gx = grid_shape
+    y0 = max(0, math.floor(ymin) - REGION_MARGIN_PX)
+    y1 = min(gy, math.ceil(ymax) + REGION_MARGIN_PX + 1)
+    x0 = max(0, math.floor(xmin) - REGION_MARGIN_PX)
+    x1 = min(gx, math.ceil(xmax) + REGION_MARGIN_PX + 1)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return (y0, y1), (x0, x1)
+
+
+def _union(windows: list[Window]) -> Window:
+    return (
+        (min(w[0][0] for w in windows), max(w[0][1] for w in windows)),
+        (min(w[1][0] for w in windows), max(w[1][1] for w in windows)),
+    )
+
+
+def _blocks_of(
+    member: Member,
+    pixel_map: PixelMap | None,
+    grid_shape: tuple[int, int],
+    block_size: int,
+    halo: int,
+) -> list[BlockPlan]:
+    ny, nx = member.shape
+    blocks = []
+    for r0, r1 in tile_ranges(ny, block_size):
+        for c0, c1 in tile_ranges(nx, block_size):
+            outer = ((max(0, r0 - halo), min(ny, r1 + halo)), (max(0, c0 - halo), min(nx, c1 + halo)))
+            if pixel_map is None:
+                cutout: Window | None = outer
+            else:
+                cutout = _cutout_for(pixel_map, outer, grid_shape)
+            blocks.append(BlockPlan(member.index, ((r0, r1), (c0, c1)), outer, cutout))
+    return blocks
+
+
+def _cutout_for(pixel_map: PixelMap, outer: Window, grid_shape: tuple[int, int]) -> Window | None:
+    bounds = pixel_map.border_bounds(*outer)
+    if bounds is None:
+        return None
+    xmin, xmax, ymin, ymax = bounds
+    gy, gx = grid_shape
+    y0 = max(0, math.floor(ymin) - CUTOUT_MARGIN_PX)
+    y1 = min(gy, math.floor(ymax) + CUTOUT_MARGIN_PX + 1)
+    x0 = max(0, math.floor(xmin) - CUTOUT_MARGIN_PX)
+    x1 = min(gx, math.floor(xmax) + CUTOUT_MARGIN_PX + 1)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return (y0, y1), (x0, x1)
+
+
+def make_plan(
+    members: list[Member], product_name: str, params: OutlierParameters
+) -> Plan:
+    """Decide the output grid, groups, regions and blocks of a run.
+
+    Raises
+    ------
+    ValueError
+        If inputs must share a shape (``resample_data=False``) and do not, or if the output
+        grid cannot be built from the inputs' footprints.
+    """
+    halo = FLAG_HALO_PX if params.resample_data else 0
+    tile = (params.tile_size, params.tile_size)
+    if not params.resample_data:
+        return _plan_without_resampling(members, product_name, params, tile)
+    footprints = [p for m in members for p in footprints_from_s_region(m.wcsinfo["s_region"])]
+    grid = output_wcs_from_footprints(footprints, members[0].wcs, members[0].wcsinfo)
+    grid_shape = (int(grid.array_shape[0]), int(grid.array_shape[1]))
+    pixel_maps = [
+        build_pixel_map(
+            m.wcs,
+            grid,
+            m.shape,
+            tolerance_px=params.pixmap_tolerance,
+            stepsize=params.pixmap_stepsize,
+            order=params.pixmap_order,
+        )
+        for m in members
+    ]
+    for m, pm in zip(members, pixel_maps, strict=True):
+        log.debug("%s: pixel map by %s, max error %.2g px", m.name, pm.method, pm.max_error_px)
+    groups = []
+    for group_id, indices in _groups_in_order(members).items():
+        regions = [r for i in indices if (r := _member_region(pixel_maps[i], grid_shape))]
+        region = _union(regions) if regions else ((0, 0), (0, 0))
+        groups.append(GroupPlan(group_id, tuple(indices), region))
+    blocks = [
+        b
+        for m in members
+        for b in _blocks_of(m, pixel_maps[m.index], grid_shape, params.block_size, halo)
+    ]
+    return Plan(members, product_name, grid, grid_shape, pixel_maps, groups, tile, blocks)
+
+
+def _plan_without_resampling(
+    members: list[Member], product_name: str, params: OutlierParameters, tile: tuple[int, int]
+) -> Plan:
+    shapes = {m.shape for m in members}
+    if len(shapes) > 1:
+        listing = ", ".join(f"{m.name} {m.shape[0]}x{m.shape[1]}" for m in members)
+        raise ValueError(
+            f"resample_data=False needs inputs of one shape; got {listing}"
+        )
+    shape = members[0].shape
+    full = ((0, shape[0]), (0, shape[1]))
+    groups = [GroupPlan(m.name, (m.index,), full) for m in members]
+    blocks = [b for m in members for b in _blocks_of(m, None, shape, params.block_size, 0)]
+    return Plan(members, product_name, None, shape, None, groups, tile, blocks)
+
+
+def covered_fraction(median_valid: np.ndarray) -> float:
+    """Fraction of pixels with a finite median value (for reports)."""
+    return float(np.mean(median_valid)) if median_valid.size else 0.0

@@ -1,0 +1,239 @@
+"""Build and run the graphs of a plan: mosaics, median, blot and compare.
+
+Stages, each a dask graph run on the chosen scheduler:
+
+1. mosaics — a task per exposure group drizzles its members onto the group's region and finds
+   the group's weight threshold; the result is a ``(groups, ny, nx)`` stack chunked
+   ``(1, ty, tx)`` (tiles no member touches are constants, never computed);
+2. median — the stack, read in ``(groups, ty, tx)`` blocks holding the whole groups axis, masked
+   by each group's threshold and reduced by a NaN-median per block;
+3. blot and compare — a task per input block (with its halo) takes the median cut-out its
+   pixels map into and returns the block's outlier mask.
+
+With ``in_memory=False`` stages hand over through Zarr arrays in the scratch folder instead of
+memory; the arithmetic is the same, so the results are identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from outlier_dask.engine.plan import Plan, tile_ranges
+from outlier_dask.engine.stores import ScratchStore, read_window, write_region
+from outlier_dask.engine.tasks import (
+    BlockResult,
+    GroupMosaic,
+    MemberTaskInfo,
+    blot_and_flag_block,
+    build_group_mosaic,
+    fill_of,
+    median_of_tile,
+    tile_of_region,
+)
+from outlier_dask.kernels.weights import mask_low_weight
+from outlier_dask.parameters import OutlierParameters
+from outlier_dask.runtime.schedulers import Runner
+
+__all__ = ["EngineResult", "run_plan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineResult:
+    """What the engine computed.
+
+    Attributes
+    ----------
+    masks : list of ndarray, each (ny, nx) bool
+        Outlier mask per member, in member order.
+    median : ndarray, (ny, nx) float32, or None
+        The median (kept only when intermediate results are wanted).
+    mosaics : list of GroupMosaic or None
+        Grouped mosaics (kept only when intermediate results are wanted).
+    blots : list of ndarray or None
+        Blotted median per member (kept only when intermediate results are wanted).
+    thresholds : list of float
+        Weight threshold per group.
+    median_coverage : ndarray, (ny, nx) bool, or None
+        Where the median is finite.
+    timings : dict of str to float
+        Wall seconds per stage.
+    """
+
+    masks: list[np.ndarray]
+    median: np.ndarray | None
+    mosaics: list[GroupMosaic] | None
+    blots: list[np.ndarray] | None
+    thresholds: list[float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _task_info(plan: Plan, index: int, source=None) -> MemberTaskInfo:
+    member = plan.members[index]
+    return MemberTaskInfo(
+        source=source if source is not None else member.source,
+        shape=member.shape,
+        pixel_map=plan.pixel_maps[index] if plan.pixel_maps else None,
+        exposure_time=member.exposure_time,
+        weight_time=member.weight_time,
+        background_level=member.background_level,
+    )
+
+
+def _mosaic_to_store(group, infos, params, store: ScratchStore, index: int) -> float:
+    mosaic = build_group_mosaic(group, infos, params)
+    write_region(store, "data", index, mosaic.region, mosaic.data)
+    write_region(store, "weight", index, mosaic.region, mosaic.weight)
+    return mosaic.threshold
+
+
+def _stack_from_mosaics(plan: Plan, mosaics: list[GroupMosaic], fill: float) -> da.Array:
+    """The masked stack as a dask array of literal tiles, chunks (1, ty, tx)."""
+    ny, nx = plan.grid_shape
+    ty, tx = plan.tile_shape
+    rows, cols = tile_ranges(ny, ty), tile_ranges(nx, tx)
+    name = "masked-stack-" + tokenize(plan.product_name, len(mosaics), plan.grid_shape)
+    graph = {}
+    for g, mosaic in enumerate(mosaics):
+        masked = mosaic.masked()
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                tile = tile_of_region(mosaic.region, masked, (r, c), np.nan)
+                graph[(name, g, i, j)] = tile[np.newaxis]
+    chunks = ((1,) * len(mosaics), tuple(b - a for a, b in rows), tuple(b - a for a, b in cols))
+    return da.Array(graph, name, chunks, dtype=np.float32)
+
+
+def _stack_from_store(plan: Plan, store: ScratchStore, thresholds: list[float]) -> da.Array:
+    g = plan.n_groups
+    chunks = (g, *plan.tile_shape)
+    data = da.from_zarr(store.array("data"), chunks=chunks)
+    weight = da.from_zarr(store.array("weight"), chunks=chunks)
+    return da.map_blocks(
+        _mask_stack_block, data, weight, thresholds=tuple(thresholds), dtype=np.float32
+    )
+
+
+def _mask_stack_block(
+    data: np.ndarray, weight: np.ndarray, thresholds: tuple[float, ...]
+) -> np.ndarray:
+    """Apply each group's weight threshold to a (n_groups, ty, tx) block."""
+    return np.stack(
+        [mask_low_weight(d, w, t) for d, w, t in zip(data, weight, thresholds, strict=True)]
+    )
+
+
+def _median_graph(plan: Plan, stack: da.Array) -> da.Array:
+    blocks = stack.rechunk((plan.n_groups, *plan.tile_shape))
+    return blocks.map_blocks(median_of_tile, drop_axis=0, dtype=np.float32)
+
+
+def run_plan(
+    plan: Plan,
+    params: OutlierParameters,
+    runner: Runner,
+    store: ScratchStore | None = None,
+) -> EngineResult:
+    """Run all stages of ``plan``; ``store`` is required when ``params.in_memory`` is False."""
+    timings: dict[str, float] = {}
+    keep = params.save_intermediate_results
+    fill = fill_of(params)
+    infos = [_task_info(plan, m.index) for m in plan.members]
+
+    start = time.perf_counter()
+    if params.in_memory:
+        tasks = [
+            dask.delayed(build_group_mosaic)(group, [infos[i] for i in group.members], params)
+            for group in plan.groups
+        ]
+        mosaics = list(runner.compute(*tasks))
+        thresholds = [m.threshold for m in mosaics]
+        stack = _stack_from_mosaics(plan, mosaics, fill)
+    else:
+        store.create(plan.n_groups, plan.grid_shape, plan.tile_shape)
+        tasks = [
+            dask.delayed(_mosaic_to_store)(
+                group, [infos[i] for i in group.members], params, store, g
+            )
+            for g, group in enumerate(plan.groups)
+        ]
+        thresholds = list(runner.compute(*tasks))
+        mosaics = None
+        stack = _stack_from_store(plan, store, thresholds)
+    timings["drizzle"] = time.perf_counter() - start
+    log.info("stage drizzle: %d grouped mosaics in %.1f s", plan.n_groups, timings["drizzle"])
+
+    start = time.perf_counter()
+    median_lazy = _median_graph(plan, stack)
+    if params.in_memory:
+        (median,) = runner.compute(median_lazy)
+    else:
+        runner.compute(da.to_zarr(median_lazy, store.array("median", "r+"), compute=False))
+        median = None
+    timings["median"] = time.perf_counter() - start
+    log.info("stage median: %d x %d in %.1f s", *plan.grid_shape, timings["median"])
+
+    start = time.perf_counter()
+    block_tasks = []
+    for block in plan.blocks:
+        if block.cutout is None:
+            cutout = None
+        elif median is not None:
+            (y0, y1), (x0, x1) = block.cutout
+            cutout = median[y0:y1, x0:x1].copy()
+        else:
+            cutout = dask.delayed(read_window)(store, "median", block.cutout)
+        block_tasks.append(
+            dask.delayed(blot_and_flag_block)(
+                block, infos[block.member], cutout, plan.grid_shape, params, keep
+            )
+        )
+    results: list[BlockResult] = list(runner.compute(*block_tasks))
+    masks, blots = _assemble_blocks(plan, results, keep)
+    timings["blot_flag"] = time.perf_counter() - start
+    log.info("stage blot+flag: %d blocks in %.1f s", len(results), timings["blot_flag"])
+
+    if keep and median is None:
+        median = np.asarray(store.array("median")[...])
+    if keep and mosaics is None:
+        mosaics = _mosaics_from_store(plan, store, thresholds)
+    return EngineResult(masks, median if keep else None, mosaics, blots, thresholds, timings)
+
+
+def _assemble_blocks(
+    plan: Plan, results: list[BlockResult], keep: bool
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    masks = [np.zeros(m.shape, dtype=bool) for m in plan.members]
+    blots = [np.full(m.shape, np.nan, dtype=np.float32) for m in plan.members] if keep else None
+    for result in results:
+        (r0, r1), (c0, c1) = result.block.inner
+        masks[result.block.member][r0:r1, c0:c1] = result.mask
+        if keep:
+            blots[result.block.member][r0:r1, c0:c1] = result.blot
+    return masks, blots
+
+
+def _mosaics_from_store(
+    plan: Plan, store: ScratchStore, thresholds: list[float]
+) -> list[GroupMosaic]:
+    data, weight = store.array("data"), store.array("weight")
+    mosaics = []
+    for g, group in enumerate(plan.groups):
+        (y0, y1), (x0, x1) = group.region
+        mosaics.append(
+            GroupMosaic(
+                group.region,
+                np.asarray(data[g, y0:y1, x0:x1]),
+                np.asarray(weight[g, y0:y1, x0:x1]),
+                thresholds[g],
+            )
+        )
+    return mosaics

@@ -1,0 +1,94 @@
+"""Where mosaics, weights and the median live between stages: memory or a Zarr store.
+
+With ``in_memory=False`` every group task writes its mosaic and weight straight into Zarr
+arrays chunked ``(1, ty, tx)`` (NaN fill, empty chunks not stored), the median reads them back
+as dask blocks holding the whole groups axis, and blot tasks read median cut-outs, so no
+process ever holds more than a region, a block or a tile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+__all__ = ["ScratchStore", "scratch_directory", "write_region", "read_window"]
+
+
+@contextlib.contextmanager
+def scratch_directory(work_dir: str | None) -> Iterator[Path]:
+    """A fresh folder for this run's scratch data, removed on success, error or interrupt.
+
+    Parameters
+    ----------
+    work_dir : str or None
+        Parent folder chosen by the user; None means the system temporary directory (never
+        the current directory).
+    """
+    parent = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    path = parent / f"outlier_dask-{uuid.uuid4().hex[:12]}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ScratchStore:
+    """Zarr arrays of one run: ``data`` and ``weight`` (groups, ny, nx), ``median`` (ny, nx)."""
+
+    path: str
+
+    def create(self, n_groups: int, grid_shape: tuple[int, int], tile: tuple[int, int]) -> None:
+        """Create the empty arrays (no chunk is written until a task writes it)."""
+        root = zarr.open_group(self.path, mode="w")
+        for name in ("data", "weight"):
+            root.create_array(
+                name,
+                shape=(n_groups, *grid_shape),
+                chunks=(1, *tile),
+                dtype="float32",
+                fill_value=np.nan if name == "data" else 0.0,
+                config={"write_empty_chunks": False},
+            )
+        root.create_array(
+            "median",
+            shape=grid_shape,
+            chunks=tile,
+            dtype="float32",
+            fill_value=np.nan,
+            config={"write_empty_chunks": False},
+        )
+
+    def array(self, name: str, mode: str = "r") -> zarr.Array:
+        """One of the arrays, opened for reading (``"r"``) or writing (``"r+"``)."""
+        return zarr.open_array(f"{self.path}/{name}", mode=mode)
+
+
+def write_region(
+    store: ScratchStore, name: str, index: int | None, region: tuple, values: np.ndarray
+) -> None:
+    """Write ``values`` into ``name[index, region]`` (or ``name[region]`` if index is None)."""
+    (y0, y1), (x0, x1) = region
+    if y0 >= y1 or x0 >= x1:
+        return
+    target = store.array(name, "r+")
+    if index is None:
+        target[y0:y1, x0:x1] = values
+    else:
+        target[index, y0:y1, x0:x1] = values
+
+
+def read_window(store: ScratchStore, name: str, window: tuple) -> np.ndarray:
+    """Read ``name[window]`` of a 2-D array: (rows, cols) float32."""
+    (y0, y1), (x0, x1) = window
+    return np.asarray(store.array(name)[y0:y1, x0:x1])

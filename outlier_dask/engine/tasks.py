@@ -1,0 +1,218 @@
+"""Task functions: what one dask task does, from a plan entry to arrays.
+
+They are top-level functions of plain, picklable arguments, so process workers and
+``distributed`` workers can run them. They only read pixels, slice, and call kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from outlier_dask.engine.plan import BlockPlan, GroupPlan, Window
+from outlier_dask.geometry.pixel_map import PixelMap
+from outlier_dask.io.members import PixelSource
+from outlier_dask.kernels.flags import flag_resampled_outliers, flag_unresampled_outliers
+from outlier_dask.kernels.median import nanmedian_stack
+from outlier_dask.kernels.resample import (
+    DrizzleInput,
+    blot_bilinear,
+    drizzle_onto_region,
+    fill_value_number,
+)
+from outlier_dask.kernels.weights import drizzle_weight_map, mask_low_weight, weight_threshold
+from outlier_dask.parameters import OutlierParameters
+
+__all__ = [
+    "GroupMosaic",
+    "MemberTaskInfo",
+    "blot_and_flag_block",
+    "build_group_mosaic",
+    "median_of_tile",
+    "tile_of_region",
+]
+
+
+@dataclass(frozen=True)
+class MemberTaskInfo:
+    """What a task needs of one member: where its pixels are and how they map."""
+
+    source: PixelSource
+    shape: tuple[int, int]
+    pixel_map: PixelMap | None
+    exposure_time: float
+    weight_time: float
+    background_level: float | None
+
+
+@dataclass
+class GroupMosaic:
+    """One grouped mosaic on its region of the grid.
+
+    Attributes
+    ----------
+    region : Window
+        ``((y0, y1), (x0, x1))`` in grid pixels.
+    data : ndarray, shape (ry, rx), float32
+        Drizzled values (fill value where no weight), before the weight mask.
+    weight : ndarray, shape (ry, rx), float32
+        Drizzle weight.
+    threshold : float
+        ``maskpt`` x sigma-clipped mean weight (NaN: nothing masked).
+    """
+
+    region: Window
+    data: np.ndarray
+    weight: np.ndarray
+    threshold: float
+
+    def masked(self) -> np.ndarray:
+        """Data with NaN where the weight is below the threshold, shape (ry, rx), float32."""
+        return mask_low_weight(self.data, self.weight, self.threshold)
+
+
+def _weights(info: MemberTaskInfo, params: OutlierParameters, window: Window | None = None):
+    dq = info.source.read("DQ", window)
+    rnoise = info.source.read("VAR_RNOISE", window) if params.weight_type == "ivm" else None
+    return drizzle_weight_map(
+        dq,
+        rnoise,
+        weight_type=params.weight_type,
+        exposure_time=info.weight_time,
+        good_bits=params.good_bits,
+    )
+
+
+def build_group_mosaic(
+    group: GroupPlan, infos: list[MemberTaskInfo], params: OutlierParameters
+) -> GroupMosaic:
+    """Drizzle one exposure group onto its region and find its weight threshold.
+
+    With ``resample_data=False`` the "group" is one input, its "mosaic" the input itself and
+    its weight map the drizzle weight map, as in the reference.
+    """
+    (y0, y1), (x0, x1) = group.region
+    if not params.resample_data:
+        (info,) = infos
+        data = info.source.read("SCI")
+        weight = _weights(info, params)
+    else:
+        inputs = []
+        for info in infos:
+            sci = info.source.read("SCI")
+            if info.background_level is not None:
+                sci = sci - np.float32(info.background_level)
+            ny, nx = info.shape
+            inputs.append(
+                DrizzleInput(
+                    data=sci,
+                    weight=_weights(info, params),
+                    pixmap=info.pixel_map.evaluate((0, ny), (0, nx)),
+                    exposure_time=info.exposure_time,
+                )
+            )
+        data, weight = drizzle_onto_region(
+            inputs,
+            (y0, x0),
+            (y1 - y0, x1 - x0),
+            kernel=params.kernel,
+            pixfrac=params.pixfrac,
+            fillval=params.fillval,
+        )
+    threshold = weight_threshold(weight, params.maskpt)
+    return GroupMosaic(group.region, data, weight, float(threshold))
+
+
+def tile_of_region(
+    region: Window, values: np.ndarray, tile: Window, fill: float
+) -> np.ndarray:
+    """The part of a region's array that falls in a grid tile, ``fill`` elsewhere.
+
+    Returns
+    -------
+    ndarray, shape (tile rows, tile cols), same dtype as ``values``
+    """
+    (ty0, ty1), (tx0, tx1) = tile
+    (ry0, ry1), (rx0, rx1) = region
+    out = np.full((ty1 - ty0, tx1 - tx0), fill, dtype=values.dtype)
+    y0, y1 = max(ty0, ry0), min(ty1, ry1)
+    x0, x1 = max(tx0, rx0), min(tx1, rx1)
+    if y0 < y1 and x0 < x1:
+        out[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0] = values[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+    return out
+
+
+def median_of_tile(stack: np.ndarray) -> np.ndarray:
+    """NaN-median over groups of one tile: (n_groups, ty, tx) float32 -> (ty, tx) float32."""
+    return nanmedian_stack(stack)
+
+
+@dataclass
+class BlockResult:
+    """Outcome of one block: the outlier mask of its inner pixels, and optionally the blot."""
+
+    block: BlockPlan
+    mask: np.ndarray
+    blot: np.ndarray | None
+
+
+def blot_and_flag_block(
+    block: BlockPlan,
+    info: MemberTaskInfo,
+    median_cutout: np.ndarray | None,
+    grid_shape: tuple[int, int],
+    params: OutlierParameters,
+    keep_blot: bool = False,
+) -> BlockResult:
+    """Blot the median onto one block of an input and flag its outliers.
+
+    Parameters
+    ----------
+    block : BlockPlan
+        The block, with its halo (``outer``) and median cut-out rectangle.
+    info : MemberTaskInfo
+        The input.
+    median_cutout : ndarray, shape of ``block.cutout``, float32, or None
+        The median over ``block.cutout`` (None: the block maps off the median).
+    grid_shape : (int, int)
+        Shape of the whole median.
+    params : OutlierParameters
+        Flag-rule parameters.
+    keep_blot : bool
+        Also return the blotted median of the inner pixels.
+
+    Returns
+    -------
+    BlockResult
+        ``mask`` has the shape of ``block.inner`` (bool).
+    """
+    (r0, r1), (c0, c1) = block.outer
+    (i0, i1), (j0, j1) = block.inner
+    inner = (slice(i0 - r0, i1 - r0), slice(j0 - c0, j1 - c0))
+    sci = info.source.read("SCI", block.outer)
+    err = info.source.read("ERR", block.outer)
+    if err is None:
+        err = np.zeros_like(sci)
+    if median_cutout is None:
+        reference = np.full(sci.shape, np.nan, dtype=np.float32)
+    elif params.resample_data:
+        pixmap = info.pixel_map.evaluate((r0, r1), (c0, c1))
+        (my0, _), (mx0, _) = block.cutout
+        reference = blot_bilinear(median_cutout, (my0, mx0), grid_shape, pixmap)
+    else:
+        reference = median_cutout
+    if params.resample_data:
+        backg = params.backg if info.background_level is None else info.background_level
+        mask = flag_resampled_outliers(
+            sci, err, reference, snr=params.snr_pair, scale=params.scale_pair, backg=backg
+        )
+    else:
+        mask = flag_unresampled_outliers(sci, err, reference, snr1=params.snr_pair[0])
+    blot = reference[inner].copy() if keep_blot else None
+    return BlockResult(block, mask[inner].copy(), blot)
+
+
+def fill_of(params: OutlierParameters) -> float:
+    """The number mosaic pixels without weight hold."""
+    return fill_value_number(params.fillval)

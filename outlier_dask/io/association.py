@@ -1,0 +1,115 @@
+"""Stage 3 image associations: members, product name and exposure groups (algorithm.md §4)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AssociationError",
+    "AssociationMember",
+    "group_id_from_observation",
+    "read_association",
+]
+
+OBSERVATION_KEYS = (
+    "program_number",
+    "observation_number",
+    "visit_number",
+    "visit_group",
+    "sequence_id",
+    "activity_id",
+    "exposure_number",
+)
+
+
+class AssociationError(ValueError):
+    """The association or one of its members cannot be used; the message names which."""
+
+
+@dataclass(frozen=True)
+class AssociationMember:
+    """One science member of an association.
+
+    Attributes
+    ----------
+    path : Path
+        The member's file, resolved against the association's folder.
+    group_id : str or None
+        The association's ``group_id`` for the member, if it gives one.
+    """
+
+    path: Path
+    group_id: str | None = None
+
+
+def read_association(asn_path: str | Path) -> tuple[str, list[AssociationMember]]:
+    """The product name and science members of an image3 association file.
+
+    Raises
+    ------
+    AssociationError
+        If the file is missing, is not JSON, is not an image association, has no product, has
+        no science member, names a member twice, or names a member file that does not exist.
+    """
+    path = Path(asn_path)
+    if not path.is_file():
+        raise AssociationError(f"{path}: association file not found")
+    try:
+        asn = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AssociationError(f"{path}: not a JSON association ({exc})") from None
+    if not isinstance(asn, dict):
+        raise AssociationError(f"{path}: not an association (expected a JSON object)")
+    asn_type = str(asn.get("asn_type", "image3")).lower()
+    if asn_type != "image3":
+        raise AssociationError(
+            f"{path}: asn_type is {asn.get('asn_type')!r}; outlier detection in imaging mode "
+            "needs an 'image3' association"
+        )
+    products = asn.get("products")
+    if not isinstance(products, list) or not products:
+        raise AssociationError(f"{path}: the association has no products")
+    product = products[0]
+    name = str(product.get("name") or path.stem.removesuffix("_asn"))
+    members = _science_members(path, product.get("members"))
+    return name, members
+
+
+def _science_members(asn_path: Path, raw: Any) -> list[AssociationMember]:
+    if not isinstance(raw, list):
+        raise AssociationError(f"{asn_path}: the product has no member list")
+    members: list[AssociationMember] = []
+    seen: set[Path] = set()
+    for k, entry in enumerate(raw):
+        if not isinstance(entry, dict) or "expname" not in entry:
+            raise AssociationError(f"{asn_path}: member {k} has no 'expname'")
+        if str(entry.get("exptype", "science")).lower() != "science":
+            continue
+        member_path = (asn_path.parent / str(entry["expname"])).resolve()
+        if member_path in seen:
+            raise AssociationError(f"{asn_path}: member {entry['expname']!r} is listed twice")
+        seen.add(member_path)
+        if not member_path.is_file():
+            raise AssociationError(
+                f"{asn_path}: member {entry['expname']!r} not found at {member_path}"
+            )
+        group = entry.get("group_id")
+        members.append(AssociationMember(member_path, None if group is None else str(group)))
+    if not members:
+        raise AssociationError(f"{asn_path}: the association has no science members")
+    return members
+
+
+def group_id_from_observation(observation: dict[str, Any]) -> str | None:
+    """The exposure's group id from its observation keywords, or None if any is missing.
+
+    All detectors of one exposure share it, so they form one grouped mosaic.
+    """
+    values = [observation.get(key) for key in OBSERVATION_KEYS]
+    if any(v is None for v in values):
+        return None
+    program, obs, visit, visit_group, seq, act, exp = values
+    return f"jw{program}{obs}{visit}_{visit_group}{seq}{act}_{exp}"

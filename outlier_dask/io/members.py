@@ -1,0 +1,266 @@
+"""Input members: their metadata (read once, before any pixel) and their pixel arrays.
+
+A member is one ``_cal.fits`` file or one in-memory ``ImageModel``. Tasks never receive a
+datamodel: they receive a :class:`PixelSource`, which reads only the arrays and the window a
+task needs (FITS files are memory-mapped), so process workers exchange file names, not images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gwcs
+import numpy as np
+from astropy.io import fits
+from stdatamodels.jwst import datamodels
+
+from outlier_dask.io.association import (
+    AssociationError,
+    AssociationMember,
+    group_id_from_observation,
+)
+
+__all__ = [
+    "ARRAY_NAMES",
+    "ArraySource",
+    "FileSource",
+    "Member",
+    "PixelSource",
+    "members_from_files",
+    "members_from_models",
+    "stem_of",
+]
+
+ARRAY_NAMES = ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT")
+_MODEL_ATTRS = {
+    "SCI": "data",
+    "ERR": "err",
+    "DQ": "dq",
+    "VAR_POISSON": "var_poisson",
+    "VAR_RNOISE": "var_rnoise",
+    "VAR_FLAT": "var_flat",
+}
+
+Window = tuple[tuple[int, int], tuple[int, int]]
+
+
+class PixelSource:
+    """Reads a member's arrays, whole or in a window ``((r0, r1), (c0, c1))``."""
+
+    def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
+        """The array ``name`` (``SCI``, ``ERR``, ``DQ``, ``VAR_*``), or None if absent."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FileSource(PixelSource):
+    """Arrays of a FITS file on disk, memory-mapped and sliced."""
+
+    path: str
+
+    def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
+        """See :meth:`PixelSource.read`."""
+        with fits.open(self.path, memmap=True, lazy_load_hdus=True) as hdul:
+            if name not in hdul:
+                return None
+            data = hdul[name].data
+            if data is None:
+                return None
+            part = data if window is None else data[slice(*window[0]), slice(*window[1])]
+            return np.array(part, dtype=_dtype(name))
+
+
+@dataclass(frozen=True)
+class ArraySource(PixelSource):
+    """Arrays held in memory (from an ``ImageModel``), with the window they start at."""
+
+    arrays: dict[str, np.ndarray] = field(repr=False)
+    origin: tuple[int, int] = (0, 0)
+
+    def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
+        """See :meth:`PixelSource.read`."""
+        data = self.arrays.get(name)
+        if data is None:
+            return None
+        if window is not None:
+            (r0, r1), (c0, c1) = window
+            oy, ox = self.origin
+            data = data[r0 - oy : r1 - oy, c0 - ox : c1 - ox]
+        return np.array(data, dtype=_dtype(name))
+
+    def cut(self, window: Window) -> ArraySource:
+        """A source holding only ``window``, so a task ships only the pixels it needs."""
+        (r0, r1), (c0, c1) = window
+        oy, ox = self.origin
+        arrays = {
+            k: v[r0 - oy : r1 - oy, c0 - ox : c1 - ox] for k, v in self.arrays.items()
+        }
+        return ArraySource(arrays, (r0, c0))
+
+
+def _dtype(name: str) -> type:
+    return np.uint32 if name == "DQ" else np.float32
+
+
+@dataclass
+class Member:
+    """Everything the plan needs to know about one input, read without its pixels.
+
+    Attributes
+    ----------
+    index : int
+        Position in the association.
+    name : str
+        File name (or the model's ``meta.filename``).
+    group_id : str
+        Exposure group; members sharing it are drizzled into one mosaic.
+    shape : (int, int)
+        ``(ny, nx)`` of SCI.
+    wcs : gwcs.WCS
+        Detector-to-sky WCS.
+    wcsinfo : dict
+        ``meta.wcsinfo`` (``ra_ref``, ``dec_ref``, ``roll_ref``, ``v3yangle``, ``vparity``,
+        ``s_region``, ...).
+    exposure_time : float
+        ``meta.exposure.exposure_time`` in seconds.
+    measurement_time : float or None
+        ``meta.exposure.measurement_time`` in seconds.
+    background_level : float or None
+        Level to subtract before drizzling and to use as ``backg``: set only when
+        ``meta.background.subtracted`` is False and a level is recorded.
+    source : PixelSource
+        Where the pixels are.
+    path : Path or None
+        The input file, when the member came from one.
+    has_var_rnoise : bool
+        Whether VAR_RNOISE exists with the shape of SCI.
+    """
+
+    index: int
+    name: str
+    group_id: str
+    shape: tuple[int, int]
+    wcs: gwcs.WCS
+    wcsinfo: dict[str, Any]
+    exposure_time: float
+    measurement_time: float | None
+    background_level: float | None
+    source: PixelSource
+    path: Path | None = None
+    has_var_rnoise: bool = True
+    model: datamodels.ImageModel | None = field(default=None, repr=False)
+
+    @property
+    def stem(self) -> str:
+        """The name without its extension and last ``_suffix`` (``..._nrca1_cal`` -> ``..._nrca1``)."""
+        return stem_of(self.name)
+
+    @property
+    def weight_time(self) -> float:
+        """Time used for ``weight_type='exptime'``: measurement time if known, else exposure time."""
+        return self.exposure_time if self.measurement_time is None else self.measurement_time
+
+
+def stem_of(name: str) -> str:
+    """File name without extension and without its last ``_suffix``."""
+    base = Path(name).name
+    for ext in (".fits", ".fits.gz", ".asdf"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+            break
+    head, sep, _ = base.rpartition("_")
+    return head if sep else base
+
+
+def _member_from_model(
+    model: datamodels.ImageModel,
+    index: int,
+    label: str,
+    source: PixelSource,
+    asn_group_id: str | None,
+    path: Path | None,
+) -> Member:
+    if not isinstance(model, datamodels.ImageModel):
+        raise AssociationError(f"{label}: not a JWST image model ({type(model).__name__})")
+    wcs = model.meta.wcs
+    if wcs is None:
+        raise AssociationError(f"{label}: has no WCS (meta.wcs); run assign_wcs first")
+    data = model.data
+    if data is None or data.ndim != 2 or min(data.shape) < 2:
+        raise AssociationError(f"{label}: SCI must be a 2-D image, got shape {np.shape(data)}")
+    exposure = model.meta.exposure
+    exptime = exposure.exposure_time
+    if exptime is None or not np.isfinite(exptime) or exptime <= 0:
+        raise AssociationError(
+            f"{label}: meta.exposure.exposure_time must be a positive number, got {exptime!r}"
+        )
+    wcsinfo = model.meta.wcsinfo.instance
+    if not wcsinfo.get("s_region"):
+        raise AssociationError(f"{label}: meta.wcsinfo.s_region is missing")
+    group_id = asn_group_id or model.meta.group_id
+    if not group_id:
+        group_id = group_id_from_observation(model.meta.observation.instance)
+    background = model.meta.background
+    level = background.level
+    subtracted = background.subtracted
+    rnoise = getattr(model, "var_rnoise", None) if model.hasattr("var_rnoise") else None
+    return Member(
+        index=index,
+        name=Path(model.meta.filename or label).name,
+        group_id=str(group_id or f"exposure{index + 1:04d}"),
+        shape=tuple(data.shape),
+        wcs=wcs,
+        wcsinfo=dict(wcsinfo),
+        exposure_time=float(exptime),
+        measurement_time=exposure.measurement_time,
+        background_level=None if subtracted or level is None else float(level),
+        source=source,
+        path=path,
+        has_var_rnoise=rnoise is not None and np.shape(rnoise) == data.shape,
+    )
+
+
+def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
+    """Read the metadata of every member file (pixels stay on disk).
+
+    Raises
+    ------
+    AssociationError
+        Naming the file, if one is not FITS, not a JWST image model, or lacks what the step
+        needs (WCS, S_REGION, a positive exposure time).
+    """
+    members = []
+    for index, entry in enumerate(entries):
+        label = str(entry.path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = datamodels.open(entry.path)
+        except Exception as exc:  # noqa: BLE001 - any reader failure is a bad member
+            raise AssociationError(f"{label}: cannot be read as a JWST datamodel ({exc})") from None
+        with model:
+            members.append(
+                _member_from_model(
+                    model, index, label, FileSource(str(entry.path)), entry.group_id, entry.path
+                )
+            )
+    return members
+
+
+def members_from_models(models: Sequence[datamodels.ImageModel]) -> list[Member]:
+    """Members from in-memory models (their arrays are shared, not copied)."""
+    members = []
+    for index, model in enumerate(models):
+        label = f"model {index} ({getattr(model.meta, 'filename', None) or 'unnamed'})"
+        arrays = {}
+        for name, attr in _MODEL_ATTRS.items():
+            if model.hasattr(attr):
+                arrays[name] = getattr(model, attr)
+        member = _member_from_model(model, index, label, ArraySource(arrays), None, None)
+        member.model = model
+        members.append(member)
+    return members

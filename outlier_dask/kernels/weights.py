@@ -1,0 +1,233 @@
+"""Per-input weight maps and the ``maskpt`` low-weight threshold.
+
+This module owns two formulas of ``docs/algorithm.md``:
+
+* §1.1, the drizzle weight map of one input (:func:`drizzle_weight_map`, with the
+  ``var_rnoise`` usability rule in :func:`var_rnoise_usable`);
+* §1.5, the ``maskpt`` threshold, a fraction of the sigma-clipped mean of the finite, non-zero
+  weights (:func:`valid_weight_values`, :func:`weight_threshold_from_values`,
+  :func:`weight_threshold`), and the masking it implies (:func:`mask_low_weight`).
+
+All functions are pure numpy: arrays and scalars in, arrays out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from astropy.stats import sigma_clip
+
+from outlier_dask.kernels.dq import GoodBits, good_pixel_mask
+
+__all__ = [
+    "WEIGHT_TYPES",
+    "drizzle_weight_map",
+    "mask_low_weight",
+    "valid_weight_values",
+    "var_rnoise_usable",
+    "weight_threshold",
+    "weight_threshold_from_values",
+]
+
+#: Weight types accepted by :func:`drizzle_weight_map` (those the reference step allows).
+WEIGHT_TYPES: tuple[str, ...] = ("ivm", "exptime")
+
+# Sigma clipping of the weights (§1.5): astropy ``sigma_clip`` with these settings.
+_CLIP_SIGMA = 3.0
+_CLIP_MAXITERS = 5
+
+
+def var_rnoise_usable(var_rnoise_shape: Sequence[int] | None, data_shape: Sequence[int]) -> bool:
+    """Whether ``var_rnoise`` can give ``ivm`` weights (§1.1): present and of the data's shape.
+
+    When it is not usable the reference warns and weights every usable pixel by 1; this
+    function lets the caller decide on the *whole* arrays (before tiling) and log the warning.
+
+    Parameters
+    ----------
+    var_rnoise_shape : sequence of int or None
+        Shape of the model's VAR_RNOISE array, or None if the model has none.
+    data_shape : sequence of int
+        Shape of the model's SCI array.
+
+    Returns
+    -------
+    bool
+        True if ``var_rnoise_shape`` equals ``data_shape``.
+    """
+    return var_rnoise_shape is not None and tuple(var_rnoise_shape) == tuple(data_shape)
+
+
+def drizzle_weight_map(
+    dq: np.ndarray,
+    var_rnoise: np.ndarray | None = None,
+    *,
+    weight_type: Literal["ivm", "exptime"],
+    good_bits: GoodBits,
+    exposure_time: float | None = None,
+    measurement_time: float | None = None,
+) -> np.ndarray:
+    """Drizzle weight of each input pixel (§1.1).
+
+    * ``"ivm"``: ``(1 / var_rnoise) * good``, with non-finite ``1 / var_rnoise`` (variance 0,
+      NaN or inf) set to 0. If ``var_rnoise`` is None or its shape differs from ``dq.shape``
+      (see :func:`var_rnoise_usable`), ``1 / var_rnoise`` is taken as 1 everywhere; the caller
+      is expected to check :func:`var_rnoise_usable` beforehand and log the warning.
+    * ``"exptime"``: ``float32(t) * good`` with ``t = measurement_time`` if it is not None,
+      else ``exposure_time``.
+
+    ``good`` is :func:`~outlier_dask.kernels.dq.good_pixel_mask` of ``dq`` and ``good_bits``.
+
+    Parameters
+    ----------
+    dq : ndarray, shape (ny, nx), integer (normally uint32)
+        DQ bit field of the input (or of a block of it).
+    var_rnoise : ndarray, shape (ny, nx), float, or None, optional
+        Read-noise variance VAR_RNOISE, in units of SCI squared. Used for ``"ivm"`` only.
+        When weights are computed block by block, pass the matching block, or None for
+        every block if the whole array is not usable.
+    weight_type : {"ivm", "exptime"}
+        Weighting scheme.
+    good_bits : int, str, list of int, tuple of int or None
+        DQ bits to ignore; see :func:`~outlier_dask.kernels.dq.interpret_good_bits`.
+    exposure_time : float or None, optional
+        ``meta.exposure.exposure_time`` in seconds. Used for ``"exptime"`` when
+        ``measurement_time`` is None.
+    measurement_time : float or None, optional
+        ``meta.exposure.measurement_time`` in seconds. Takes precedence for ``"exptime"``.
+
+    Returns
+    -------
+    ndarray, shape (ny, nx), float32
+        Weights (inverse variance, units of 1/SCI², or seconds); 0 at unusable pixels.
+
+    Raises
+    ------
+    ValueError
+        If ``weight_type`` is unknown, ``good_bits`` cannot be read, or ``"exptime"`` is
+        requested with both times None.
+    """
+    good = good_pixel_mask(dq, good_bits)
+    if weight_type == "ivm":
+        if var_rnoise is None or not var_rnoise_usable(var_rnoise.shape, dq.shape):
+            inverse_variance = np.ones(dq.shape, dtype=np.float32)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                inverse_variance = 1.0 / var_rnoise
+            inverse_variance[~np.isfinite(inverse_variance)] = 0
+        weights = inverse_variance * good
+    elif weight_type == "exptime":
+        time = measurement_time if measurement_time is not None else exposure_time
+        if time is None:
+            raise ValueError(
+                "weight_type='exptime' needs measurement_time or exposure_time, both are None"
+            )
+        weights = np.float32(time) * good
+    else:
+        raise ValueError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
+    return weights.astype(np.float32, copy=False)
+
+
+def valid_weight_values(weights: np.ndarray) -> np.ndarray:
+    """The weights that enter the ``maskpt`` statistic: finite and non-zero (§1.5).
+
+    Parameters
+    ----------
+    weights : ndarray, any shape, float
+        Weights of a mosaic (drizzled ``wht``) or of an input weight map, or of a block of it.
+
+    Returns
+    -------
+    ndarray, shape (m,), dtype of ``weights``
+        The finite, non-zero values in C (row-major) order.
+    """
+    weights = np.asarray(weights)
+    return weights[np.isfinite(weights) & (weights != 0)]
+
+
+def weight_threshold_from_values(values: np.ndarray, maskpt: float) -> float:
+    """``maskpt`` times the sigma-clipped mean of already selected weights (§1.5).
+
+    Clipping is astropy ``sigma_clip(sigma=3, maxiters=5)`` (centre = median, spread = std);
+    the mean of the kept values is taken in float64.
+
+    Parameters
+    ----------
+    values : ndarray, shape (m,), float
+        Output of :func:`valid_weight_values`, possibly concatenated over the blocks of one
+        mosaic or weight map.
+    maskpt : float
+        Fraction (0-1) of the clipped mean weight.
+
+    Returns
+    -------
+    float
+        The threshold, in units of the weights; NaN if ``values`` is empty.
+
+    Notes
+    -----
+    Clipping selects the same values whatever their order, but the mean (numpy pairwise
+    summation) and the standard deviation inside the clipping depend on the order of the
+    values at the level of floating-point rounding (~1e-16 relative). Concatenating blocks in
+    the C order of the whole array (e.g. full-width row bands, top to bottom) reproduces the
+    whole-array result bit for bit; any other order may differ by that rounding.
+    """
+    values = np.asarray(values).ravel()
+    if values.size == 0:
+        return float("nan")
+    kept = sigma_clip(values, sigma=_CLIP_SIGMA, maxiters=_CLIP_MAXITERS, masked=False, copy=True)
+    if kept.size == 0:
+        return float("nan")
+    return float(np.mean(kept, dtype=np.float64) * maskpt)
+
+
+def weight_threshold(weights: np.ndarray, maskpt: float) -> float:
+    """``maskpt`` times the sigma-clipped mean of the finite, non-zero weights (§1.5).
+
+    Parameters
+    ----------
+    weights : ndarray, any shape, float
+        Weights of one group mosaic (drizzled ``wht``) or of one input's weight map.
+    maskpt : float
+        Fraction (0-1) of the clipped mean weight.
+
+    Returns
+    -------
+    float
+        The threshold, in units of the weights; NaN if no weight is finite and non-zero.
+    """
+    return weight_threshold_from_values(valid_weight_values(weights), maskpt)
+
+
+def mask_low_weight(data: np.ndarray, weights: np.ndarray, threshold: float) -> np.ndarray:
+    """Set to NaN the pixels whose weight is below the ``maskpt`` threshold (§1.5).
+
+    The comparison ``weights < threshold`` is strict and done in float64 (the threshold is a
+    float64, as in the reference); a NaN threshold masks nothing, and NaN weights are never
+    below it.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx), float (normally float32)
+        Values to mask (e.g. a drizzled mosaic, MJy/sr). Not modified.
+    weights : ndarray, shape (ny, nx), float
+        Weights of the same pixels.
+    threshold : float
+        Output of :func:`weight_threshold`, in units of the weights.
+
+    Returns
+    -------
+    ndarray, shape (ny, nx), dtype of ``data``
+        Copy of ``data`` with NaN where ``weights < threshold``.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+    """
+    if data.shape != weights.shape:
+        raise ValueError(f"shape mismatch: data {data.shape} vs weights {weights.shape}")
+    low = np.less(weights, np.float64(threshold))
+    return np.where(low, np.nan, data).astype(data.dtype, copy=False)

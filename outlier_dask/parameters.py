@@ -1,0 +1,294 @@
+"""The step's parameters: one definition each, shared by the Python API and the command line.
+
+Every imaging parameter of the reference step (jwst 3.0.0 ``OutlierDetectionStep``) keeps its
+name, default and string form (``snr="5.0 4.0"``, ``good_bits="~DO_NOT_USE"``); the execution
+parameters that follow them are this project's own. :func:`OutlierParameters.from_mapping` turns
+strings (command line, parameter files) into typed values and validates every one of them, so a
+bad value is reported before any data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from astropy.nddata.bitmask import interpret_bit_flags
+from stdatamodels.jwst.datamodels.dqflags import pixel as JWST_PIXEL_FLAGS  # noqa: N812
+
+__all__ = ["OutlierParameters", "ParameterError", "parse_bool", "parse_memory_size"]
+
+KERNELS = ("square", "point", "turbo")
+WEIGHT_TYPES = ("ivm", "exptime")
+SCHEDULERS = ("processes", "threads", "synchronous", "local-cluster")
+
+
+class ParameterError(ValueError):
+    """A parameter value is of the wrong type or out of range; the message names it."""
+
+
+def parse_bool(value: Any, name: str) -> bool:
+    """Read a boolean the way ``strun`` does (``True``/``False``, also yes/no, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if text in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise ParameterError(f"{name}: expected True or False, got {value!r}")
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_memory_size(value: Any, name: str = "memory_limit") -> int:
+    """Bytes from ``"1GiB"``, ``"800MB"``, ``"2.5 GB"`` or a number of bytes."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        number_text, unit = digits, text[len(digits) :]
+        try:
+            number = float(number_text)
+        except ValueError:
+            raise ParameterError(
+                f"{name}: cannot read {value!r} as a size (examples: '1GiB', '800MB')"
+            ) from None
+    if unit not in _SIZE_UNITS:
+        raise ParameterError(f"{name}: unknown unit {unit!r} in {value!r} (use MB, GB, MiB, GiB)")
+    size = number * _SIZE_UNITS[unit]
+    if not math.isfinite(size) or size <= 0:
+        raise ParameterError(f"{name}: must be a positive size, got {value!r}")
+    return int(size)
+
+
+def _two_floats(value: Any, name: str) -> tuple[float, float]:
+    parts = value.split() if isinstance(value, str) else list(value)
+    try:
+        pair = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name}: expected two numbers like '5.0 4.0', got {value!r}") from None
+    if len(pair) != 2 or not all(math.isfinite(p) for p in pair):
+        raise ParameterError(f"{name}: expected two finite numbers like '5.0 4.0', got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _number(value: Any, name: str, kind: type = float) -> float:
+    if isinstance(value, bool):
+        raise ParameterError(f"{name}: expected a number, got {value!r}")
+    try:
+        number = kind(value) if kind is float else int(str(value))
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name}: expected a number, got {value!r}") from None
+    if kind is float and not math.isfinite(number):
+        raise ParameterError(f"{name}: must be finite, got {value!r}")
+    return number
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ParameterError(f"{name}: must be one of {', '.join(choices)}; got {value!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class OutlierParameters:
+    """All parameters of a run, validated.
+
+    Parameters
+    ----------
+    weight_type : {"ivm", "exptime"}
+        Drizzle weight per input pixel: inverse read-noise variance, or exposure time.
+    pixfrac : float
+        Drop size as a fraction of the input pixel, in (0, 1].
+    kernel : {"square", "point", "turbo"}
+        Drizzle kernel.
+    fillval : str
+        Value of mosaic pixels no input touches (``"NAN"``, ``"INDEF"`` or a number).
+    maskpt : float
+        Fraction (0–1) of the sigma-clipped mean weight below which mosaic pixels are ignored.
+    snr : str
+        Two signal-to-noise thresholds, first and second pass, e.g. ``"5.0 4.0"``.
+    scale : str
+        Two multipliers of the blot's derivative, first and second pass, e.g. ``"1.2 0.7"``.
+    backg : float
+        Background added to the blotted median, in the units of SCI.
+    save_intermediate_results : bool
+        Also write grouped mosaics, the median and the blots.
+    resample_data : bool
+        Drizzle exposure groups onto a common grid (True) or take the median of the inputs
+        themselves, which must then share one shape (False).
+    good_bits : str
+        DQ bits treated as good (astropy bit-flag syntax; ``"~DO_NOT_USE"`` by default).
+    in_memory : bool
+        Keep mosaics and the median in memory (True) or in a Zarr store in ``work_dir``.
+    pixmap_stepsize : float
+        The reference's sparse pixel-map step; above 1, the pixel map is a spline through a grid
+        with this step and no error check (as the reference does).
+    pixmap_order : int
+        Spline order (1 or 3) used with ``pixmap_stepsize > 1``.
+    pixmap_tolerance : float
+        With ``pixmap_stepsize == 1``: largest interpolation error of the pixel map allowed,
+        in output pixels; 0 evaluates the WCS at every pixel.
+    """
+
+    weight_type: str = "ivm"
+    pixfrac: float = 1.0
+    kernel: str = "square"
+    fillval: str = "NAN"
+    maskpt: float = 0.7
+    snr: str = "5.0 4.0"
+    scale: str = "1.2 0.7"
+    backg: float = 0.0
+    save_intermediate_results: bool = False
+    resample_data: bool = True
+    good_bits: str = "~DO_NOT_USE"
+    in_memory: bool = True
+    pixmap_stepsize: float = 1.0
+    pixmap_order: int = 1
+    pixmap_tolerance: float = 1e-4
+    # execution
+    output_dir: str = "."
+    suffix: str = "crf"
+    work_dir: str | None = None
+    scheduler: str = "processes"
+    n_workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str | None = None
+    tile_size: int = 1024
+    block_size: int = 1024
+    overwrite: bool = False
+    snr_pair: tuple[float, float] = field(init=False, repr=False, compare=False)
+    scale_pair: tuple[float, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Validate every value; raise :class:`ParameterError` naming the first bad one."""
+        object.__setattr__(self, "snr_pair", _two_floats(self.snr, "snr"))
+        object.__setattr__(self, "scale_pair", _two_floats(self.scale, "scale"))
+        _choice(self.weight_type, "weight_type", WEIGHT_TYPES)
+        _choice(self.kernel, "kernel", KERNELS)
+        if not 0.0 < self.pixfrac <= 1.0:
+            raise ParameterError(f"pixfrac: must be in (0, 1], got {self.pixfrac!r}")
+        if not 0.0 <= self.maskpt <= 1.0:
+            raise ParameterError(f"maskpt: must be in [0, 1], got {self.maskpt!r}")
+        fill = str(self.fillval).strip().upper()
+        if fill not in ("NAN", "INDEF", ""):
+            try:
+                float(fill)
+            except ValueError:
+                raise ParameterError(
+                    f"fillval: expected 'NAN', 'INDEF' or a number, got {self.fillval!r}"
+                ) from None
+        try:
+            interpret_bit_flags(self.good_bits, flag_name_map=JWST_PIXEL_FLAGS)
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(f"good_bits: cannot read {self.good_bits!r}: {exc}") from None
+        if self.pixmap_stepsize < 1:
+            raise ParameterError(f"pixmap_stepsize: must be >= 1, got {self.pixmap_stepsize!r}")
+        if self.pixmap_order not in (1, 3):
+            raise ParameterError(f"pixmap_order: must be 1 or 3, got {self.pixmap_order!r}")
+        if not 0.0 <= self.pixmap_tolerance < 0.5:
+            raise ParameterError(
+                f"pixmap_tolerance: must be in [0, 0.5) output pixels, got {self.pixmap_tolerance!r}"
+            )
+        if not self.suffix or any(c in self.suffix for c in "/\\ ."):
+            raise ParameterError(f"suffix: must be a plain word like 'crf', got {self.suffix!r}")
+        if self.scheduler not in SCHEDULERS and not str(self.scheduler).startswith(
+            ("tcp://", "tls://", "ucx://", "inproc://")
+        ):
+            raise ParameterError(
+                f"scheduler: must be one of {', '.join(SCHEDULERS)} or an address like "
+                f"tcp://host:8786; got {self.scheduler!r}"
+            )
+        if self.n_workers is not None and self.n_workers < 1:
+            raise ParameterError(f"n_workers: must be >= 1, got {self.n_workers!r}")
+        if self.threads_per_worker < 1:
+            raise ParameterError(
+                f"threads_per_worker: must be >= 1, got {self.threads_per_worker!r}"
+            )
+        if self.memory_limit is not None:
+            parse_memory_size(self.memory_limit)
+        for name in ("tile_size", "block_size"):
+            if getattr(self, name) < 16:
+                raise ParameterError(f"{name}: must be >= 16 pixels, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> OutlierParameters:
+        """Build from names and values that may be strings (command line, parameter files).
+
+        Unknown names raise :class:`ParameterError`; dash and underscore spellings are equal.
+        """
+        converters = _converters()
+        typed: dict[str, Any] = {}
+        for raw_name, value in values.items():
+            name = raw_name.replace("-", "_")
+            if name not in converters:
+                raise ParameterError(f"{raw_name}: not a parameter of outlier detection")
+            typed[name] = None if value is None else converters[name](value, name)
+        return cls(**typed)
+
+    def replace(self, **changes: Any) -> OutlierParameters:
+        """A copy with some values changed (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def good_bits_value(self) -> int | None:
+        """``good_bits`` as the integer bit mask it denotes (``None``: DQ is ignored)."""
+        return interpret_bit_flags(self.good_bits, flag_name_map=JWST_PIXEL_FLAGS)
+
+    @property
+    def step_parameters(self) -> dict[str, Any]:
+        """The reference step's imaging parameters, with the reference's names and string forms."""
+        return {name: getattr(self, name) for name in REFERENCE_PARAMETERS}
+
+
+REFERENCE_PARAMETERS = (
+    "weight_type",
+    "pixfrac",
+    "kernel",
+    "fillval",
+    "maskpt",
+    "snr",
+    "scale",
+    "backg",
+    "save_intermediate_results",
+    "resample_data",
+    "good_bits",
+    "in_memory",
+    "pixmap_stepsize",
+    "pixmap_order",
+)
+
+
+def _as_str(value: Any, name: str) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _converters() -> dict[str, Any]:
+    by_type = {
+        "float": lambda v, n: _number(v, n, float),
+        "int": lambda v, n: _number(v, n, int),
+        "bool": parse_bool,
+        "str": _as_str,
+        "str | None": _as_str,
+        "int | None": lambda v, n: _number(v, n, int),
+    }
+    return {f.name: by_type[f.type] for f in fields(OutlierParameters) if f.init}

@@ -1,0 +1,167 @@
+"""Tests of outlier_dask.kernels.median.nanmedian_stack."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from outlier_dask.kernels.median import nanmedian_stack
+
+NAN = np.nan
+
+
+def _bits_equal(a, b):
+    """Bitwise equality, NaN payloads aside."""
+    assert a.dtype == b.dtype
+    assert a.shape == b.shape
+    both_nan = np.isnan(a) & np.isnan(b)
+    uint = np.dtype(f"u{a.dtype.itemsize}")
+    differ = (a.view(uint) != b.view(uint)) & ~both_nan
+    return not differ.any()
+
+
+def _numpy_median(stack):
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stack, axis=0)
+
+
+def test_hand_computed():
+    stack = np.array(
+        [
+            [[3, 1, NAN], [5, NAN, 0]],
+            [[2, 4, NAN], [7, NAN, -1]],
+            [[NAN, 9, NAN], [6, NAN, 1]],
+        ],
+        dtype=np.float32,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        median = nanmedian_stack(stack)
+    assert median.dtype == np.float32
+    # {3, 2, NaN} -> 2.5; {1, 4, 9} -> 4; all NaN -> NaN; {5, 7, 6} -> 6; {0, -1, 1} -> 0
+    np.testing.assert_array_equal(
+        median, np.array([[2.5, 4, NAN], [6, NAN, 0]], dtype=np.float32)
+    )
+
+
+def test_even_count_mean_of_middle_values_float32():
+    # (1 + 1.0000001) / 2 rounds in float32 exactly as numpy does.
+    low = np.float32(1)
+    high = np.nextafter(np.float32(1), np.float32(2)) + np.float32(2**-23)
+    stack = np.array([low, high, 0.5, 7], dtype=np.float32).reshape(4, 1, 1)
+    expected = (np.float32(low) + np.float32(high)) / np.float32(2)
+    assert nanmedian_stack(stack)[0, 0] == expected
+
+
+def test_single_frame_is_returned():
+    frame = np.array([[1.5, NAN], [-2, 0]], dtype=np.float32)
+    median = nanmedian_stack(frame[None])
+    np.testing.assert_array_equal(median, frame)
+    assert median is not frame
+
+
+def test_empty_stack_gives_nan():
+    median = nanmedian_stack(np.empty((0, 2, 3), dtype=np.float32))
+    assert median.shape == (2, 3)
+    assert median.dtype == np.float32
+    assert np.isnan(median).all()
+
+
+def test_input_not_modified():
+    rng = np.random.default_rng(1)
+    stack = rng.normal(size=(5, 6, 7)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.3] = NAN
+    before = stack.copy()
+    nanmedian_stack(stack)
+    np.testing.assert_array_equal(stack, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 13])
+def test_equals_numpy_on_random_data(n, dtype):
+    rng = np.random.default_rng(n)
+    stack = (rng.normal(size=(n, 40, 50)) * 1000).astype(dtype)
+    stack[rng.random(stack.shape) < 0.3] = NAN
+    stack[:, 0, 0] = NAN
+    median = nanmedian_stack(stack)
+    assert median.dtype == dtype
+    assert _bits_equal(median, _numpy_median(stack))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 9])
+def test_equals_numpy_on_edge_values(n):
+    # Signed zeros, subnormals, values beyond max/2 and infinities: the cases where bottleneck
+    # alone differs from numpy.
+    values = np.array(
+        [-0.0, 0.0, 1.0, -1.0, NAN, np.inf, -np.inf, 1e-45, -1e-45, 3e38, -3e38],
+        dtype=np.float32,
+    )
+    rng = np.random.default_rng(100 + n)
+    stack = values[rng.integers(0, len(values), size=(n, 60, 60))]
+    assert _bits_equal(nanmedian_stack(stack), _numpy_median(stack))
+
+
+def test_single_frame_follows_numpy_quirks():
+    # numpy computes (x + x) / 2 for an odd count: -0.0 -> +0.0, 3e38 -> inf.
+    stack = np.array([[[-0.0, 3e38, 1e-45]]], dtype=np.float32)
+    median = nanmedian_stack(stack)
+    assert not np.signbit(median[0, 0])
+    assert median[0, 1] == np.inf
+    assert median[0, 2] == np.float32(1e-45)
+
+
+@pytest.mark.parametrize("dtype", [">f4", np.float16])
+def test_non_native_dtypes_fall_back_to_numpy(dtype):
+    rng = np.random.default_rng(4)
+    stack = rng.normal(size=(4, 5, 6)).astype(dtype)
+    stack[rng.random(stack.shape) < 0.3] = NAN
+    median = nanmedian_stack(stack)
+    assert median.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(median, _numpy_median(stack))
+
+
+def test_rejects_wrong_ndim():
+    with pytest.raises(ValueError, match=r"stack must be 3-D \(n, ny, nx\), got shape \(3, 4\)"):
+        nanmedian_stack(np.zeros((3, 4), np.float32))
+
+
+def test_rejects_integer_dtype():
+    with pytest.raises(TypeError, match="floating-point dtype, got int32"):
+        nanmedian_stack(np.zeros((3, 4, 5), np.int32))
+
+
+@pytest.mark.jwst
+def test_equals_stcal_nanmedian3d():
+    median_module = pytest.importorskip("stcal.outlier_detection.median")
+    rng = np.random.default_rng(21)
+    stack = rng.normal(size=(7, 64, 48)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.25] = NAN
+    stack[:, 3, :] = NAN
+    stack[:4, 5, 5] = 0.0
+    stack[4:, 5, 5] = -0.0
+    expected = median_module.nanmedian3D(stack.copy())
+    assert _bits_equal(nanmedian_stack(stack), expected)
+
+
+float32_stacks = hnp.arrays(
+    np.float32,
+    st.tuples(st.integers(1, 7), st.integers(1, 4), st.integers(1, 4)),
+    elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stack=float32_stacks, data=st.data())
+def test_permutation_invariant(stack, data):
+    order = data.draw(st.permutations(range(stack.shape[0])))
+    assert _bits_equal(nanmedian_stack(stack), nanmedian_stack(stack[list(order)]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(stack=float32_stacks)
+def test_equals_numpy_property(stack):
+    assert _bits_equal(nanmedian_stack(stack), _numpy_median(stack))
