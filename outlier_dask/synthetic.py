@@ -25,8 +25,10 @@ The ``PC`` matrix is the one jwst builds from ``meta.wcsinfo`` (``roll_ref``, ``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from astropy import coordinates
 from astropy import units as u
 from astropy.modeling import Model
 from astropy.modeling import models as am
+from astropy.time import Time
 from gwcs import coordinate_frames as cf
 from gwcs.wcs import WCS
 from scipy.interpolate import RectBivariateSpline
@@ -63,10 +66,20 @@ _MODULES = "AB"
 _DETECTORS_PER_MODULE = 4
 _INVERSE_TOLERANCE_PX = 1e-5
 _MIN_CR_SIGMA = 8.0
+_MAX_STAMP_RADIUS_PX = 64.0
+_FIRST_EXPOSURE_MJD = 60310.25
+_OBSERVATION_IDS = {
+    "program_number": "01234",
+    "observation_number": "001",
+    "visit_number": "001",
+    "visit_group": "01",
+    "sequence_id": "1",
+    "activity_id": "01",
+}
 
 # Independent random streams: changing one component never reshuffles the others.
 _STREAM_DISTORTION, _STREAM_DITHER, _STREAM_SCENE = 0, 1, 2
-_STREAM_NOISE, _STREAM_BAD_PIXELS, _STREAM_COSMIC_RAYS = 3, 4, 5
+_STREAM_NOISE, _STREAM_BAD_PIXELS, _STREAM_COSMIC_RAYS, _STREAM_SKY = 3, 4, 5, 6
 
 
 @dataclass(frozen=True)
@@ -182,7 +195,9 @@ class SyntheticConfig:
     @property
     def galaxies_per_detector(self) -> float:
         """Mean number of galaxies on one detector."""
-        return 30.0 * self.pixels_per_detector / 256**2 if self.n_galaxies is None else self.n_galaxies
+        return (
+            30.0 * self.pixels_per_detector / 256**2 if self.n_galaxies is None else self.n_galaxies
+        )
 
     @property
     def sky_sigma(self) -> float:
@@ -267,9 +282,7 @@ def _rng(config: SyntheticConfig, stream: int, *keys: int) -> np.random.Generato
 def pc_matrix(roll: float, v3yangle: float, vparity: int) -> np.ndarray:
     """Rotation/parity matrix, shape (2, 2), from angles in degrees (jwst's formula)."""
     rel = np.deg2rad(roll - vparity * v3yangle)
-    return np.array(
-        [[vparity * np.cos(rel), np.sin(rel)], [-vparity * np.sin(rel), np.cos(rel)]]
-    )
+    return np.array([[vparity * np.cos(rel), np.sin(rel)], [-vparity * np.sin(rel), np.cos(rel)]])
 
 
 def _detector_offsets_arcsec(config: SyntheticConfig) -> np.ndarray:
@@ -389,9 +402,9 @@ def _distortion_with_inverse(config: SyntheticConfig, detector: int) -> Model:
     p_fit, q_fit = poly_x(u_fit, v_fit), poly_y(u_fit, v_fit)
     p_chk, q_chk = poly_x(u_chk, v_chk), poly_y(u_chk, v_chk)
     for degree in range(5, 17, 2):
-        design = _design_matrix(p_fit, q_fit, degree)
-        inv_x = _polynomial(degree, np.linalg.lstsq(design, u_fit.ravel(), rcond=None)[0])
-        inv_y = _polynomial(degree, np.linalg.lstsq(design, v_fit.ravel(), rcond=None)[0])
+        targets = np.column_stack([u_fit.ravel(), v_fit.ravel()])
+        coef = np.linalg.lstsq(_design_matrix(p_fit, q_fit, degree), targets, rcond=None)[0]
+        inv_x, inv_y = _polynomial(degree, coef[:, 0]), _polynomial(degree, coef[:, 1])
         error_px = half * np.hypot(inv_x(p_chk, q_chk) - u_chk, inv_y(p_chk, q_chk) - v_chk)
         if error_px.max() < _INVERSE_TOLERANCE_PX:
             break
@@ -557,23 +570,13 @@ def _sersic_b(n: np.ndarray) -> np.ndarray:
     return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n)
 
 
-def _star_profile(scene: _Scene, index: np.ndarray, dxi: np.ndarray, deta: np.ndarray) -> np.ndarray:
-    r2 = dxi**2 + deta**2
-    return scene.star_peak[index] * np.exp(-0.5 * r2 / scene.star_sigma**2)
-
-
-def _galaxy_profile(
-    scene: _Scene, index: np.ndarray, dxi: np.ndarray, deta: np.ndarray
+def _stamp_radius_px(
+    peak: np.ndarray,
+    scale: float | np.ndarray,
+    b: float | np.ndarray,
+    n: float | np.ndarray,
+    floor: float,
 ) -> np.ndarray:
-    cos, sin = np.cos(scene.galaxy_pa[index]), np.sin(scene.galaxy_pa[index])
-    major, minor = dxi * cos + deta * sin, (deta * cos - dxi * sin) / scene.galaxy_q[index]
-    n = scene.galaxy_n[index]
-    r = np.sqrt(major**2 + minor**2) / scene.galaxy_re[index]
-    return scene.galaxy_peak[index] * np.exp(-_sersic_b(n) * r ** (1.0 / n))
-
-
-def _stamp_radius_px(peak: np.ndarray, scale: np.ndarray, b: np.ndarray, n: np.ndarray,
-                     floor: float) -> np.ndarray:
     """Radius [px] where ``peak * exp(-b (r / scale)**(1/n))`` falls below ``floor``.
 
     ``scale`` is in arcsec; one pixel is added so that the stamp edge is safely below.
@@ -633,26 +636,433 @@ def _galaxy_profile(scene: _Scene, k: np.ndarray, xi: np.ndarray, eta: np.ndarra
 
 
 def _sources_near_detector(
-    wcs: WCS, projection: Model, xy: np.ndarray, shape: tuple[int, int], margin_px: float
+    wcs: WCS,
+    projection: Model,
+    xy: np.ndarray,
+    config: SyntheticConfig,
+    margin_px: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of sources within ``margin_px`` of the detector, and their (x, y) pixels.
 
-    An affine approximation of scene -> pixel (wrong by at most the distortion) discards far
-    sources first, because the polynomial inverse of the distortion is only valid near the
-    detector.
+    ``xy`` holds scene offsets [arcsec], shape (n, 2). An affine approximation of
+    scene -> pixel (wrong by at most the distortion) discards far sources first, because the
+    fitted polynomial inverse of the distortion is only valid near the detector.
     """
-    ny, nx = shape
+    ny, nx = config.detector_shape
     gx, gy = np.meshgrid(np.linspace(0, nx - 1, 9), np.linspace(0, ny - 1, 9))
     design = _design_matrix(*(wcs.forward_transform | projection)(gx, gy), 1)
     source_design = _design_matrix(xy[:, 0], xy[:, 1], 1)
-    x0, y0 = (
-        source_design @ np.linalg.lstsq(design, g.ravel(), rcond=None)[0] for g in (gx, gy)
-    )
+    x0, y0 = (source_design @ np.linalg.lstsq(design, g.ravel(), rcond=None)[0] for g in (gx, gy))
 
     def within(x: np.ndarray, y: np.ndarray, pad: float) -> np.ndarray:
         return (x > -pad) & (x < nx - 1 + pad) & (y > -pad) & (y < ny - 1 + pad)
 
-    near = np.flatnonzero(within(x0, y0, margin_px + 4 * max(1.0, abs(_MAX_DISTORTION_PX))))
+    near = np.flatnonzero(within(x0, y0, margin_px + 4.0 * config.distortion_px + 2.0))
     x, y = (projection.inverse | wcs.backward_transform)(xy[near, 0], xy[near, 1])
     keep = within(x, y, margin_px)
     return near[keep], np.column_stack([x[keep], y[keep]])
+
+
+def _render_scene(scene: _Scene, wcs: WCS, config: SyntheticConfig) -> np.ndarray:
+    """Noise-free source surface brightness on one detector, float64 ``(ny, nx)`` [MJy/sr]."""
+    projection = _scene_projection(config)
+    xi, eta = _pixel_scene_offsets(wcs, projection, config.detector_shape)
+    floor = 0.01 * config.sky_sigma
+    # exp(-r^2 / 2 sigma^2) is the b = 1, n = 1/2 member of the Sersic family
+    star_radius = _stamp_radius_px(
+        scene.star_peak, np.sqrt(2.0) * scene.star_sigma, 1.0, 0.5, floor
+    )
+    galaxy_radius = _stamp_radius_px(
+        scene.galaxy_peak, scene.galaxy_re, _sersic_b(scene.galaxy_n), scene.galaxy_n, floor
+    )
+    image = np.zeros(config.detector_shape)
+    for xy, radius, profile in (
+        (scene.star_xy, star_radius, _star_profile),
+        (scene.galaxy_xy, np.minimum(galaxy_radius, _MAX_STAMP_RADIUS_PX), _galaxy_profile),
+    ):
+        if xy.shape[0] == 0:
+            continue
+        index, centres = _sources_near_detector(wcs, projection, xy, config, radius.max())
+        image += _render_sources(
+            xi, eta, centres, radius[index], partial(_indexed_profile, profile, scene, index)
+        )
+    return image
+
+
+def _indexed_profile(
+    profile: Callable[[_Scene, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    scene: _Scene,
+    index: np.ndarray,
+    k: np.ndarray,
+    xi: np.ndarray,
+    eta: np.ndarray,
+) -> np.ndarray:
+    """``profile`` of the sources ``index[k]`` (a detector's subset) at offsets ``xi, eta``."""
+    return profile(scene, index[k], xi, eta)
+
+
+# --------------------------------------------------------------------------- noise and defects
+
+
+def _read_noise_variance(config: SyntheticConfig, factor: float | np.ndarray) -> Any:
+    """Read-noise variance [(MJy/sr)^2] for ``factor`` times the nominal read noise."""
+    return (factor * config.read_noise_electrons / config.exposure_time * _MJYSR_PER_E_PER_S) ** 2
+
+
+def _noise_variances(
+    config: SyntheticConfig, signal: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``var_poisson, var_rnoise, var_flat`` [(MJy/sr)^2], float32 like ``signal`` (ny, nx).
+
+    Poisson variance follows the noise-free signal [MJy/sr] (sky plus sources); the read
+    noise is constant per detector to +-10 % with ~10 % pixel-to-pixel scatter; the flat
+    field is known to 0.2-0.4 %.
+    """
+    shape = signal.shape
+    var_poisson = signal * (_MJYSR_PER_E_PER_S / config.exposure_time)
+    detector_factor = rng.uniform(0.9, 1.1)
+    pixel_factor = np.exp(0.1 * rng.standard_normal(shape, dtype=np.float32))
+    var_rnoise = _read_noise_variance(config, detector_factor * pixel_factor)
+    var_flat = (signal * rng.uniform(0.002, 0.004, shape)) ** 2
+    return tuple(v.astype(np.float32) for v in (var_poisson, var_rnoise, var_flat))
+
+
+def _bad_pixel_dq(config: SyntheticConfig, exposure: int, detector: int) -> np.ndarray:
+    """DQ array, uint32 ``(ny, nx)``: dead pixels and columns, and JUMP_DET on usable pixels.
+
+    Dead pixels belong to the detector (same in every exposure); jump flags change with the
+    exposure and do not make a pixel unusable.
+    """
+    ny, nx = config.detector_shape
+    dead_rng = _rng(config, _STREAM_BAD_PIXELS, detector)
+    dq = np.where(dead_rng.random((ny, nx)) < config.dead_fraction, DO_NOT_USE | DEAD, 0)
+    dq = dq.astype(np.uint32)
+    dq[:, dead_rng.choice(nx, size=min(config.dead_columns, nx), replace=False)] = DO_NOT_USE | DEAD
+    jump_rng = _rng(config, _STREAM_BAD_PIXELS, detector, exposure)
+    jumps = (jump_rng.random((ny, nx)) < config.jump_fraction) & (dq == 0)
+    dq[jumps] |= JUMP_DET
+    return dq
+
+
+def _cosmic_ray_tracks(
+    rng: np.random.Generator, n_events: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels of ``n_events`` cosmic-ray events: half single pixels, half 2-6 pixel tracks.
+
+    Returns ``x, y`` (int, shape (n_events, 6)) and a bool mask of the pixels that belong
+    to each event. Tracks step one pixel along their major axis, so no pixel repeats.
+    """
+    ny, nx = shape
+    x0, y0 = rng.integers(0, nx, n_events), rng.integers(0, ny, n_events)
+    length = np.where(rng.random(n_events) < 0.5, 1, rng.integers(2, 7, n_events))
+    angle = rng.uniform(0.0, 2.0 * np.pi, n_events)
+    cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]
+    t = np.arange(6)[None, :]
+    steep = np.abs(sin) > np.abs(cos)
+    dx = np.where(steep, np.rint(t * cos / np.abs(sin)), t * np.sign(cos))
+    dy = np.where(steep, t * np.sign(sin), np.rint(t * sin / np.abs(cos)))
+    x, y = x0[:, None] + dx.astype(int), y0[:, None] + dy.astype(int)
+    member = (t < length[:, None]) & (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+    return x, y, member
+
+
+def _cosmic_ray_signal(
+    config: SyntheticConfig, rng: np.random.Generator, err: np.ndarray, usable: np.ndarray
+) -> np.ndarray:
+    """Injected cosmic-ray surface brightness, float32 ``(ny, nx)`` [MJy/sr], 0 elsewhere.
+
+    Event amplitudes are log-uniform in 20-500 ``err`` (times 0.7-1 along a track), except a
+    ``faint_cr_fraction`` of events at 8-15 ``err`` per pixel. Unusable pixels get none.
+    """
+    mean_pixels_per_event = 0.5 * 1 + 0.5 * 4
+    n_events = rng.poisson(config.cr_fraction * err.size / mean_pixels_per_event)
+    x, y, member = _cosmic_ray_tracks(rng, n_events, err.shape)
+    faint = rng.random(n_events) < config.faint_cr_fraction
+    bright_sigma = 20.0 * 25.0 ** rng.random(n_events)
+    n_sigma = np.where(
+        faint[:, None],
+        rng.uniform(_MIN_CR_SIGMA, 15.0, x.shape),
+        bright_sigma[:, None] * rng.uniform(0.7, 1.0, x.shape),
+    )
+    x, y = np.clip(x, 0, err.shape[1] - 1), np.clip(y, 0, err.shape[0] - 1)
+    hit = member & usable[y, x]
+    amplitude = n_sigma[hit] * err[y[hit], x[hit]]
+    signal = np.bincount(y[hit] * err.shape[1] + x[hit], weights=amplitude, minlength=err.size)
+    return signal.reshape(err.shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _exposure_sky_levels(config: SyntheticConfig) -> np.ndarray:
+    """Sky level of each exposure [MJy/sr], shape (n_exposures,)."""
+    rng = _rng(config, _STREAM_SKY)
+    return config.sky_level * (
+        1.0 + config.sky_level_scatter * rng.standard_normal(config.n_exposures)
+    )
+
+
+def _set_metadata(
+    model: ImageModel,
+    config: SyntheticConfig,
+    exposure: int,
+    detector: int,
+    pointing: _Pointing,
+    sky_level: float,
+) -> None:
+    """Fill the metadata jwst's outlier detection and resampling read (group id, times,
+    instrument, wcsinfo, photometry, units, background)."""
+    ny, nx = config.detector_shape
+    wcs = model.meta.wcs
+    model.meta.filename = cal_file_name(exposure, detector)
+    model.meta.telescope = "JWST"
+    model.meta.bunit_data = model.meta.bunit_err = "MJy/sr"
+
+    instrument = model.meta.instrument
+    instrument.name, instrument.channel = "NIRCAM", "SHORT"
+    instrument.detector = detector_name(detector)
+    instrument.module = instrument.detector[3]
+    instrument.filter, instrument.pupil = "F200W", "CLEAR"
+
+    start = (
+        Time(_FIRST_EXPOSURE_MJD, format="mjd")
+        + (exposure - 1) * (config.exposure_time + 120.0) * u.s
+    )
+    model.meta.observation.date, model.meta.observation.time = start.isot.split("T")
+    # the seven keys jwst joins into the group id: one group per exposure
+    for key, value in {**_OBSERVATION_IDS, "exposure_number": str(exposure)}.items():
+        setattr(model.meta.observation, key, value)
+
+    exp = model.meta.exposure
+    exp.type, exp.nints = "NRC_IMAGE", 1
+    exp.exposure_time = exp.effective_exposure_time = exp.measurement_time = config.exposure_time
+    exp.duration = config.exposure_time + 20.0
+    exp.start_time = start.mjd
+    exp.mid_time = start.mjd + 0.5 * exp.duration / 86400.0
+    exp.end_time = start.mjd + exp.duration / 86400.0
+
+    wcsinfo = model.meta.wcsinfo
+    wcsinfo.ra_ref, wcsinfo.dec_ref = (float(c) for c in wcs(((nx - 1) / 2.0), (ny - 1) / 2.0))
+    wcsinfo.roll_ref, wcsinfo.v3yangle, wcsinfo.vparity = (
+        pointing.roll,
+        config.v3yangle,
+        config.vparity,
+    )
+    offset = _detector_offsets_arcsec(config)[detector]
+    wcsinfo.v2_ref = _V2V3_MODULE_CENTRE_ARCSEC[0] + config.vparity * offset[0]
+    wcsinfo.v3_ref = _V2V3_MODULE_CENTRE_ARCSEC[1] + offset[1]
+    wcsinfo.s_region = _s_region(wcs, config.detector_shape)
+
+    model.meta.photometry.pixelarea_arcsecsq = PIXEL_SCALE_ARCSEC**2
+    model.meta.photometry.pixelarea_steradians = (PIXEL_SCALE_ARCSEC / _ARCSEC_PER_RAD) ** 2
+    if config.background_level_in_meta:
+        model.meta.background.level = float(sky_level)
+        model.meta.background.subtracted = False
+        model.meta.background.method = "synthetic"
+
+
+def _frame(
+    config: SyntheticConfig,
+    scene: _Scene,
+    wcs: WCS,
+    exposure: int,
+    detector: int,
+    pointing: _Pointing,
+    sky_level: float,
+) -> tuple[ImageModel, np.ndarray]:
+    """One calibrated frame and its bool ``(ny, nx)`` cosmic-ray truth mask."""
+    signal = (sky_level + _render_scene(scene, wcs, config)).astype(np.float32)
+    noise_rng = _rng(config, _STREAM_NOISE, exposure, detector)
+    var_poisson, var_rnoise, var_flat = _noise_variances(config, signal, noise_rng)
+    err = np.sqrt(var_poisson + var_rnoise + var_flat)
+    data = signal + err * noise_rng.standard_normal(signal.shape, dtype=np.float32)
+
+    dq = _bad_pixel_dq(config, exposure, detector)
+    usable = (dq & DO_NOT_USE) == 0
+    cr_rng = _rng(config, _STREAM_COSMIC_RAYS, exposure, detector)
+    cosmic_rays = _cosmic_ray_signal(config, cr_rng, err, usable)
+    data += cosmic_rays
+
+    arrays = {
+        "data": data,
+        "err": err,
+        "var_poisson": var_poisson,
+        "var_rnoise": var_rnoise,
+        "var_flat": var_flat,
+    }
+    for values in arrays.values():
+        values[~usable] = np.nan  # like real _cal files
+    model = ImageModel(dq=dq, **arrays)
+    model.meta.wcs = wcs
+    _set_metadata(model, config, exposure, detector, pointing, sky_level)
+    return model, cosmic_rays > 0
+
+
+def _iter_frames(config: SyntheticConfig) -> Iterator[tuple[ImageModel, np.ndarray]]:
+    """Frames in association order (exposure-major), built one at a time."""
+    offsets = _detector_offsets_arcsec(config)
+    distortions = [_distortion_with_inverse(config, d) for d in range(config.n_detectors)]
+    pointings = _exposure_pointings(config)
+    wcs = [
+        [
+            _detector_wcs(config, deepcopy(distortions[d]), offsets[d], p)
+            for d in range(len(offsets))
+        ]
+        for p in pointings
+    ]
+    scene = _make_scene(config, _footprint_box_arcsec([w for row in wcs for w in row], config))
+    sky_levels = _exposure_sky_levels(config)
+    for e, (row, pointing, sky) in enumerate(zip(wcs, pointings, sky_levels, strict=True)):
+        for d, detector_wcs in enumerate(row):
+            yield _frame(config, scene, detector_wcs, e + 1, d, pointing, float(sky))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def make_models(
+    *,
+    n_exposures: int = 4,
+    n_detectors: int = 2,
+    detector_shape: tuple[int, int] = (256, 256),
+    seed: int = 0,
+    **options: Any,
+) -> tuple[list[ImageModel], list[np.ndarray]]:
+    """In-memory synthetic ``_cal`` models and their cosmic-ray truth masks.
+
+    Parameters
+    ----------
+    n_exposures, n_detectors, detector_shape, seed
+        See :class:`SyntheticConfig`.
+    **options
+        Any other :class:`SyntheticConfig` field (``cr_fraction``, ``dead_fraction``,
+        ``n_stars``, ``n_galaxies``, ``background_level_in_meta``, ...).
+
+    Returns
+    -------
+    models : list of ImageModel
+        One per exposure and detector, exposure-major. ``data``, ``err``, ``var_*`` are
+        float32 ``(ny, nx)`` [MJy/sr or (MJy/sr)^2], NaN at DO_NOT_USE pixels; ``dq`` uint32.
+    truth : list of ndarray
+        Bool ``(ny, nx)`` per model, True where a cosmic ray was injected.
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range. ``TypeError`` for an unknown option.
+    """
+    config = SyntheticConfig(
+        n_exposures=n_exposures,
+        n_detectors=n_detectors,
+        detector_shape=tuple(detector_shape),
+        seed=seed,
+        **options,
+    )
+    frames = list(_iter_frames(config))
+    return [m for m, _ in frames], [t for _, t in frames]
+
+
+def write_association(
+    directory: str | Path,
+    *,
+    n_exposures: int = 4,
+    n_detectors: int = 2,
+    detector_shape: tuple[int, int] = (256, 256),
+    seed: int = 0,
+    product_name: str = "synth",
+    **options: Any,
+) -> SyntheticAssociation:
+    """Write a synthetic association: ``<name>_cal.fits`` files and ``<product_name>_asn.json``.
+
+    Frames are generated and saved one at a time, so memory holds one frame at once.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Output folder, created if missing; member names in the association are relative to it.
+    n_exposures, n_detectors, detector_shape, seed, **options
+        As for :func:`make_models`.
+    product_name : str
+        Name of the association's product (and prefix of the JSON file).
+
+    Returns
+    -------
+    SyntheticAssociation
+        Paths and cosmic-ray truth masks.
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range. ``TypeError`` for an unknown option.
+    """
+    config = SyntheticConfig(
+        n_exposures=n_exposures,
+        n_detectors=n_detectors,
+        detector_shape=tuple(detector_shape),
+        seed=seed,
+        **options,
+    )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cal_paths, truth = [], {}
+    for model, cosmic_rays in _iter_frames(config):
+        path = directory / model.meta.filename
+        model.save(path)
+        model.close()
+        cal_paths.append(path)
+        truth[path.name] = cosmic_rays
+    asn_path = directory / f"{product_name}_asn.json"
+    asn_path.write_text(json.dumps(_association(product_name, cal_paths), indent=4))
+    return SyntheticAssociation(asn_path, cal_paths, truth, product_name)
+
+
+def _association(product_name: str, cal_paths: list[Path]) -> dict[str, Any]:
+    """Level-3 image association (the shape ``jwst.associations.load_asn`` accepts)."""
+    return {
+        "asn_type": "image3",
+        "asn_rule": "candidate_Asn_Lv3Image",
+        "version_id": None,
+        "code_version": "outlier_dask.synthetic",
+        "degraded_status": "No known degraded exposures in association.",
+        "program": _OBSERVATION_IDS["program_number"],
+        "constraints": "synthetic",
+        "asn_id": "o001",
+        "target": "t001",
+        "asn_pool": "synthetic_pool",
+        "products": [
+            {
+                "name": product_name,
+                "members": [{"expname": p.name, "exptype": "science"} for p in cal_paths],
+            }
+        ],
+    }
+
+
+def exposure_coverage(models: list[ImageModel]) -> list[np.ndarray]:
+    """Number of exposures whose detectors see each pixel's sky position.
+
+    Parameters
+    ----------
+    models : list of ImageModel
+        Frames with ``meta.wcs`` and ``meta.observation.exposure_number``.
+
+    Returns
+    -------
+    list of ndarray
+        Per model, int ``(ny, nx)``: distinct exposures (its own included) with a detector
+        whose pixel-edge bounding box contains the pixel centre's sky position. Geometry only:
+        DO_NOT_USE pixels and weight masking are ignored.
+    """
+    exposures = [m.meta.observation.exposure_number for m in models]
+    coverage = []
+    for model in models:
+        ny, nx = model.data.shape
+        ra, dec = model.meta.wcs(*np.meshgrid(np.arange(nx), np.arange(ny)))
+        seen: dict[str, np.ndarray] = {}
+        for other, exposure in zip(models, exposures, strict=True):
+            x, y = other.meta.wcs.backward_transform(ra, dec)
+            oy, ox = other.data.shape
+            inside = (x >= -0.5) & (x < ox - 0.5) & (y >= -0.5) & (y < oy - 0.5)
+            seen[exposure] = seen.get(exposure, np.zeros((ny, nx), bool)) | inside
+        coverage.append(np.sum(list(seen.values()), axis=0))
+    return coverage

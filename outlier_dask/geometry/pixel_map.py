@@ -178,8 +178,8 @@ def _spline_error_px(
     xs: np.ndarray,
 ) -> float:
     """Largest spline error at the centres of the coarse cells (and edge midpoints)."""
-    ym = np.concatenate([ys, (ys[:-1] + ys[1:]) / 2])
-    xm = np.concatenate([xs, (xs[:-1] + xs[1:]) / 2])
+    ym = np.sort(np.concatenate([ys, (ys[:-1] + ys[1:]) / 2]))
+    xm = np.sort(np.concatenate([xs, (xs[:-1] + xs[1:]) / 2]))
     gy, gx = np.meshgrid(ym, xm, indexing="ij")
     ex, ey = _exact_positions(wcs_in, wcs_out, gx, gy)
     sx = splines[0](ym, xm)

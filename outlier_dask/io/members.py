@@ -64,14 +64,13 @@ class FileSource(PixelSource):
 
     def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
         """See :meth:`PixelSource.read`."""
-        with fits.open(self.path, memmap=True, lazy_load_hdus=True) as hdul:
-            if name not in hdul:
+        with fits.open(self.path, lazy_load_hdus=True) as hdul:
+            if name not in hdul or not hdul[name].shape:
                 return None
-            data = hdul[name].data
-            if data is None:
-                return None
-            part = data if window is None else data[slice(*window[0]), slice(*window[1])]
-            return np.array(part, dtype=_dtype(name))
+            # ``section`` reads only the rows asked for and applies BZERO (unsigned DQ).
+            section = hdul[name].section
+            part = section[...] if window is None else section[slice(*window[0]), slice(*window[1])]
+            return np.asarray(part, dtype=_dtype(name))
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,7 @@ def _member_from_model(
     wcsinfo = model.meta.wcsinfo.instance
     if not wcsinfo.get("s_region"):
         raise AssociationError(f"{label}: meta.wcsinfo.s_region is missing")
-    group_id = asn_group_id or model.meta.group_id
+    group_id = asn_group_id or getattr(model.meta, "group_id", None)
     if not group_id:
         group_id = group_id_from_observation(model.meta.observation.instance)
     background = model.meta.background

@@ -39,10 +39,12 @@ def abs_derivative(blot: np.ndarray) -> np.ndarray:
 
     Notes
     -----
-    Equal bit for bit to stcal's ``_abs_deriv`` (stcal 1.20) for every input without ±inf.
-    With ±inf, stcal is not symmetric (an infinite neighbour above a pixel is ignored, one
-    below or to either side gives inf); this function follows the formula of §1.8 instead:
-    infinite neighbours are ignored, and an infinite pixel with a finite neighbour gets inf.
+    Equal bit for bit to stcal's ``_abs_deriv`` (stcal 1.20) for every input without an
+    infinite difference. When ``|B[p] - B[q]|`` is infinite (±inf in ``blot``, or float32
+    overflow near ±3.4e38), stcal is not symmetric: it ignores the difference with the
+    neighbour *above* but keeps it for the other three. This function follows the formula of
+    §1.8 instead: infinite neighbours are ignored, an infinite pixel with a finite neighbour
+    gets inf, and an overflowing difference between finite pixels counts (as inf).
     """
     finite = np.isfinite(blot)
     derivative = np.zeros_like(blot)

@@ -45,9 +45,7 @@ def test_constants():
         pytest.param(None, [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]], id="None-all-good"),
         pytest.param("None", [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]], id="str-None"),
         pytest.param(0, [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], id="0-any-bit-bad"),
-        pytest.param(
-            "~DO_NOT_USE", [[1, 0, 1, 0], [1, 0, 1, 1], [1, 0, 1, 0]], id="step-default"
-        ),
+        pytest.param("~DO_NOT_USE", [[1, 0, 1, 0], [1, 0, 1, 1], [1, 0, 1, 0]], id="step-default"),
         pytest.param("~1", [[1, 0, 1, 0], [1, 0, 1, 1], [1, 0, 1, 0]], id="~1"),
         pytest.param("4,8", [[1, 0, 0, 0], [1, 0, 1, 1], [0, 0, 0, 0]], id="4,8"),
         pytest.param("4+8", [[1, 0, 0, 0], [1, 0, 1, 1], [0, 0, 0, 0]], id="4+8"),
@@ -60,9 +58,7 @@ def test_constants():
         ),
         pytest.param([4, 8], [[1, 0, 0, 0], [1, 0, 1, 1], [0, 0, 0, 0]], id="list"),
         pytest.param("~4,8", [[1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]], id="~4,8-only-bad"),
-        pytest.param(
-            "~REFERENCE_PIXEL", [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]], id="~bit31"
-        ),
+        pytest.param("~REFERENCE_PIXEL", [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]], id="~bit31"),
         pytest.param(
             "DO_NOT_USE,OUTLIER", [[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]], id="17-ignored"
         ),
@@ -137,9 +133,7 @@ INVALID = np.array([[1, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=bool)
 def _check_normalised(data, err, dq, variances):
     for array in (data, err, *variances.values()):
         np.testing.assert_array_equal(np.isnan(array), INVALID)
-    np.testing.assert_array_equal(
-        dq, np.array([[1, 5, 1], [1, 1, 2], [0, 0, 16]], dtype=np.uint32)
-    )
+    np.testing.assert_array_equal(dq, np.array([[1, 5, 1], [1, 1, 2], [0, 0, 16]], dtype=np.uint32))
     assert data[2, 1] == 7
     assert data[1, 2] == 5
 

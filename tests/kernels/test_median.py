@@ -43,18 +43,15 @@ def test_hand_computed():
         median = nanmedian_stack(stack)
     assert median.dtype == np.float32
     # {3, 2, NaN} -> 2.5; {1, 4, 9} -> 4; all NaN -> NaN; {5, 7, 6} -> 6; {0, -1, 1} -> 0
-    np.testing.assert_array_equal(
-        median, np.array([[2.5, 4, NAN], [6, NAN, 0]], dtype=np.float32)
-    )
+    np.testing.assert_array_equal(median, np.array([[2.5, 4, NAN], [6, NAN, 0]], dtype=np.float32))
 
 
 def test_even_count_mean_of_middle_values_float32():
-    # (1 + 1.0000001) / 2 rounds in float32 exactly as numpy does.
-    low = np.float32(1)
-    high = np.nextafter(np.float32(1), np.float32(2)) + np.float32(2**-23)
-    stack = np.array([low, high, 0.5, 7], dtype=np.float32).reshape(4, 1, 1)
-    expected = (np.float32(low) + np.float32(high)) / np.float32(2)
-    assert nanmedian_stack(stack)[0, 0] == expected
+    # Middle values 1 and 1 + 3 * 2**-23: their float32 sum 2 + 3 * 2**-23 rounds (tie, to
+    # even) to 2 + 2**-21, so the float32 mean is 1 + 2**-22, not the exact 1 + 1.5 * 2**-23.
+    high = 1 + 3 * 2**-23
+    stack = np.array([1, high, 0.5, 7], dtype=np.float32).reshape(4, 1, 1)
+    assert nanmedian_stack(stack)[0, 0] == np.float32(1 + 2**-22)
 
 
 def test_single_frame_is_returned():

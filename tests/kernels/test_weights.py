@@ -25,9 +25,7 @@ def test_ivm_weights_hand_computed():
     var = np.array([[4, 0, NAN], [INF, 0.5, 2]], dtype=np.float32)
     weights = drizzle_weight_map(DQ, var, weight_type="ivm", good_bits="~DO_NOT_USE")
     assert weights.dtype == np.float32
-    np.testing.assert_array_equal(
-        weights, np.array([[0.25, 0, 0], [0, 2, 0]], dtype=np.float32)
-    )
+    np.testing.assert_array_equal(weights, np.array([[0.25, 0, 0], [0, 2, 0]], dtype=np.float32))
 
 
 def test_ivm_weights_good_bits_none_ignores_dq():
@@ -45,9 +43,7 @@ def test_ivm_without_usable_variance_is_dq_mask(var):
 
 def test_ivm_float64_variance_gives_float32():
     var = np.array([[3.0, 7.0]], dtype=np.float64)
-    weights = drizzle_weight_map(
-        np.zeros((1, 2), np.uint32), var, weight_type="ivm", good_bits=0
-    )
+    weights = drizzle_weight_map(np.zeros((1, 2), np.uint32), var, weight_type="ivm", good_bits=0)
     assert weights.dtype == np.float32
     np.testing.assert_array_equal(weights, np.array([[1 / 3, 1 / 7]], dtype=np.float32))
 
@@ -84,7 +80,12 @@ def test_unknown_weight_type():
 
 @pytest.mark.parametrize(
     ("var_shape", "data_shape", "expected"),
-    [((2, 3), (2, 3), True), ((3, 2), (2, 3), False), (None, (2, 3), False), ([2, 3], (2, 3), True)],
+    [
+        ((2, 3), (2, 3), True),
+        ((3, 2), (2, 3), False),
+        (None, (2, 3), False),
+        ([2, 3], (2, 3), True),
+    ],
 )
 def test_var_rnoise_usable(var_shape, data_shape, expected):
     assert var_rnoise_usable(var_shape, data_shape) is expected
