@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,8 +224,12 @@ def _write_intermediates(plan: Plan, result: EngineResult, params: OutlierParame
         for group, mosaic in zip(plan.groups, result.mosaics, strict=True):
             first = plan.members[group.members[0]]
             data, weight = _full_grid(plan, mosaic)
-            write_image(out_dir / f"{stem_of(first.name)}_outlier_i2d.fits", data, plan.grid_wcs,
-                        weight=weight)
+            write_image(
+                out_dir / f"{stem_of(first.name)}_outlier_i2d.fits",
+                data,
+                plan.grid_wcs,
+                weight=weight,
+            )
     if result.median is not None:
         wcs = plan.grid_wcs if plan.grid_wcs is not None else plan.members[0].wcs
         write_image(out_dir / f"{plan.product_name}_median.fits", result.median, wcs)

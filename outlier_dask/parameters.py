@@ -82,7 +82,9 @@ def _two_floats(value: Any, name: str) -> tuple[float, float]:
     try:
         pair = tuple(float(p) for p in parts)
     except (TypeError, ValueError):
-        raise ParameterError(f"{name}: expected two numbers like '5.0 4.0', got {value!r}") from None
+        raise ParameterError(
+            f"{name}: expected two numbers like '5.0 4.0', got {value!r}"
+        ) from None
     if len(pair) != 2 or not all(math.isfinite(p) for p in pair):
         raise ParameterError(f"{name}: expected two finite numbers like '5.0 4.0', got {value!r}")
     return pair  # type: ignore[return-value]
@@ -197,15 +199,19 @@ class OutlierParameters:
                 ) from None
         try:
             interpret_bit_flags(self.good_bits, flag_name_map=JWST_PIXEL_FLAGS)
-        except (TypeError, ValueError) as exc:
-            raise ParameterError(f"good_bits: cannot read {self.good_bits!r}: {exc}") from None
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ParameterError(
+                f"good_bits: cannot read {self.good_bits!r} ({exc}); use DQ bit values or "
+                "JWST flag names, e.g. '~DO_NOT_USE' or '4,JUMP_DET'"
+            ) from None
         if self.pixmap_stepsize < 1:
             raise ParameterError(f"pixmap_stepsize: must be >= 1, got {self.pixmap_stepsize!r}")
         if self.pixmap_order not in (1, 3):
             raise ParameterError(f"pixmap_order: must be 1 or 3, got {self.pixmap_order!r}")
         if not 0.0 <= self.pixmap_tolerance < 0.5:
             raise ParameterError(
-                f"pixmap_tolerance: must be in [0, 0.5) output pixels, got {self.pixmap_tolerance!r}"
+                "pixmap_tolerance: must be in [0, 0.5) output pixels, "
+                f"got {self.pixmap_tolerance!r}"
             )
         if not self.suffix or any(c in self.suffix for c in "/\\ ."):
             raise ParameterError(f"suffix: must be a plain word like 'crf', got {self.suffix!r}")
@@ -225,8 +231,8 @@ class OutlierParameters:
         if self.memory_limit is not None:
             parse_memory_size(self.memory_limit)
         for name in ("tile_size", "block_size"):
-            if getattr(self, name) < 16:
-                raise ParameterError(f"{name}: must be >= 16 pixels, got {getattr(self, name)!r}")
+            if getattr(self, name) < 1:
+                raise ParameterError(f"{name}: must be >= 1 pixel, got {getattr(self, name)!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> OutlierParameters:

@@ -47,6 +47,7 @@ __all__ = [
     "SyntheticAssociation",
     "SyntheticConfig",
     "cal_file_name",
+    "detector_name",
     "exposure_coverage",
     "make_models",
     "write_association",
@@ -67,6 +68,7 @@ _DETECTORS_PER_MODULE = 4
 _INVERSE_TOLERANCE_PX = 1e-5
 _MIN_CR_SIGMA = 8.0
 _MAX_STAMP_RADIUS_PX = 64.0
+_SOLVER_ITERATIONS = 12
 _FIRST_EXPOSURE_MJD = 60310.25
 _OBSERVATION_IDS = {
     "program_number": "01234",
@@ -107,8 +109,8 @@ class SyntheticConfig:
     jump_fraction : float
         Fraction of usable pixels carrying a JUMP_DET flag (good data, not DO_NOT_USE).
     n_stars, n_galaxies : float or None
-        Mean number of sources on one detector's area of sky; ``None`` means 40 stars and
-        30 galaxies per 256 x 256 pixels, so the density stays fixed as detectors grow.
+        Mean number of sources on one detector's area of sky; ``None`` means 50 stars and
+        40 galaxies per 256 x 256 pixels, so the density stays fixed as detectors grow.
     sky_level : float
         Sky surface brightness [MJy/sr].
     sky_level_scatter : float
@@ -178,9 +180,14 @@ class SyntheticConfig:
             raise ValueError(f"exposure_time must be > 0 s, got {self.exposure_time}")
         if self.vparity not in (-1, 1):
             raise ValueError(f"vparity must be -1 or 1, got {self.vparity}")
+        if self.sky_level <= 0:
+            raise ValueError(f"sky_level must be > 0 MJy/sr, got {self.sky_level}")
         for name in ("cr_fraction", "faint_cr_fraction", "dead_fraction", "jump_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("dead_columns", "distortion_px", "read_noise_electrons", "dither_fraction"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def pixels_per_detector(self) -> int:
@@ -190,13 +197,13 @@ class SyntheticConfig:
     @property
     def stars_per_detector(self) -> float:
         """Mean number of stars on one detector."""
-        return 40.0 * self.pixels_per_detector / 256**2 if self.n_stars is None else self.n_stars
+        return 50.0 * self.pixels_per_detector / 256**2 if self.n_stars is None else self.n_stars
 
     @property
     def galaxies_per_detector(self) -> float:
         """Mean number of galaxies on one detector."""
         return (
-            30.0 * self.pixels_per_detector / 256**2 if self.n_galaxies is None else self.n_galaxies
+            40.0 * self.pixels_per_detector / 256**2 if self.n_galaxies is None else self.n_galaxies
         )
 
     @property
@@ -279,7 +286,7 @@ def _rng(config: SyntheticConfig, stream: int, *keys: int) -> np.random.Generato
     return np.random.default_rng([config.seed, stream, *keys])
 
 
-def pc_matrix(roll: float, v3yangle: float, vparity: int) -> np.ndarray:
+def _pc_matrix(roll: float, v3yangle: float, vparity: int) -> np.ndarray:
     """Rotation/parity matrix, shape (2, 2), from angles in degrees (jwst's formula)."""
     rel = np.deg2rad(roll - vparity * v3yangle)
     return np.array([[vparity * np.cos(rel), np.sin(rel)], [-vparity * np.sin(rel), np.cos(rel)]])
@@ -340,32 +347,24 @@ def _affine_residual_at_corners(
 def _distortion_polynomials(
     config: SyntheticConfig, detector: int
 ) -> tuple[am.Polynomial2D, am.Polynomial2D]:
-    """Cubic distortion in normalised detector coordinates, identity linear part.
+    """Cubic distortion ``(u, v) -> (p, q)`` in normalised detector coordinates.
 
-    A common barrel term plus random quadratic and cubic terms; the non-linear part is
-    scaled so that its best-affine-fit residual at the worst corner is
-    ``config.distortion_px`` pixels.
+    The linear part is the identity. On top come a barrel term ``r^2 (u, v)`` shared by all
+    detectors and random quadratic and cubic terms, all scaled together so that the
+    residual of the best affine fit is ``config.distortion_px`` pixels at the worst corner.
     """
     rng = _rng(config, _STREAM_DISTORTION, detector)
     exponents = _monomial_exponents(3)
-    nonlinear = np.array([i + j >= 2 for i, j in exponents])
-    coef_x, coef_y = (np.where(nonlinear, rng.normal(0.0, 0.3, len(exponents)), 0.0) for _ in "xy")
-    barrel = {(3, 0): (1.0, 0.0), (1, 2): (1.0, 0.0), (2, 1): (0.0, 1.0), (0, 3): (0.0, 1.0)}
-    for k, ij in enumerate(exponents):
-        coef_x[k] += barrel.get(ij, (0.0, 0.0))[0]
-        coef_y[k] += barrel.get(ij, (0.0, 0.0))[1]
+    order = np.array([i + j for i, j in exponents])
+    nonlinear = rng.normal(0.0, 0.3, (2, len(exponents))) * (order >= 2)
+    nonlinear[0, [exponents.index((3, 0)), exponents.index((1, 2))]] += 1.0
+    nonlinear[1, [exponents.index((2, 1)), exponents.index((0, 3))]] += 1.0
 
     u, v, half = _normalised_grid(config.detector_shape, 33, 1.0)
-    deviation_px = half * _affine_residual_at_corners(
-        _polynomial(3, coef_x)(u, v), _polynomial(3, coef_y)(u, v), u, v
-    )
-    scale = config.distortion_px / deviation_px
-    coef_x, coef_y = coef_x * scale, coef_y * scale
-    linear = {(1, 0): coef_x, (0, 1): coef_y}
-    for k, ij in enumerate(exponents):
-        if ij in linear:
-            linear[ij][k] = 1.0
-    return _polynomial(3, coef_x), _polynomial(3, coef_y)
+    p, q = (_polynomial(3, c)(u, v) for c in nonlinear)
+    coef = nonlinear * (config.distortion_px / (half * _affine_residual_at_corners(p, q, u, v)))
+    coef[0, exponents.index((1, 0))] = coef[1, exponents.index((0, 1))] = 1.0
+    return _polynomial(3, coef[0]), _polynomial(3, coef[1])
 
 
 def _normalised_grid(
@@ -421,7 +420,7 @@ def _distortion_with_inverse(config: SyntheticConfig, detector: int) -> Model:
 
 def _pointing_transform(pointing: _Pointing, config: SyntheticConfig) -> Model:
     """Focal-plane offsets [arcsec] -> ICRS (ra, dec) [deg] for one telescope pointing."""
-    pc = pc_matrix(pointing.roll, config.v3yangle, config.vparity)
+    pc = _pc_matrix(pointing.roll, config.v3yangle, config.vparity)
     return (
         am.AffineTransformation2D(matrix=pc / 3600.0)
         | am.Pix2Sky_TAN()
@@ -536,8 +535,8 @@ def _footprint_box_arcsec(wcs_list: list[WCS], config: SyntheticConfig) -> np.nd
 def _make_scene(config: SyntheticConfig, box: np.ndarray) -> _Scene:
     """Draw stars and galaxies uniformly over ``box`` [arcsec] with the configured density.
 
-    Brightness is in units of the sky noise: stars peak at 3-3000 sigma, galaxies at
-    0.5-200 sigma, both skewed towards faint.
+    Brightness is in units of the sky noise: stars peak at 5-5000 sigma, galaxies at
+    1-300 sigma, both skewed towards faint.
     """
     rng = _rng(config, _STREAM_SCENE)
     area = np.prod(box[1] - box[0])
@@ -554,10 +553,10 @@ def _make_scene(config: SyntheticConfig, box: np.ndarray) -> _Scene:
 
     return _Scene(
         star_xy=positions(n_stars),
-        star_peak=sigma * skewed_log_uniform(3.0, 3000.0, n_stars),
+        star_peak=sigma * skewed_log_uniform(5.0, 5000.0, n_stars),
         star_sigma=config.psf_fwhm_px * PIXEL_SCALE_ARCSEC / (2 * np.sqrt(2 * np.log(2))),
         galaxy_xy=positions(n_galaxies),
-        galaxy_peak=sigma * skewed_log_uniform(0.5, 200.0, n_galaxies),
+        galaxy_peak=sigma * skewed_log_uniform(1.0, 300.0, n_galaxies),
         galaxy_re=PIXEL_SCALE_ARCSEC * rng.uniform(1.5, 6.0, n_galaxies),
         galaxy_n=rng.uniform(0.5, 2.5, n_galaxies),
         galaxy_q=rng.uniform(0.3, 1.0, n_galaxies),
@@ -636,31 +635,35 @@ def _galaxy_profile(scene: _Scene, k: np.ndarray, xi: np.ndarray, eta: np.ndarra
 
 
 def _sources_near_detector(
-    wcs: WCS,
-    projection: Model,
-    xy: np.ndarray,
-    config: SyntheticConfig,
-    margin_px: float,
+    wcs: WCS, projection: Model, xy: np.ndarray, shape: tuple[int, int], margin_px: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of sources within ``margin_px`` of the detector, and their (x, y) pixels.
 
-    ``xy`` holds scene offsets [arcsec], shape (n, 2). An affine approximation of
-    scene -> pixel (wrong by at most the distortion) discards far sources first, because the
-    fitted polynomial inverse of the distortion is only valid near the detector.
+    ``xy`` holds scene offsets [arcsec], shape (n, 2). Pixel positions solve the forward
+    transform by fixed-point iteration on its affine approximation, which stays valid far
+    outside the detector, where the fitted polynomial inverse of the distortion is not.
     """
-    ny, nx = config.detector_shape
+    ny, nx = shape
+    to_scene = wcs.forward_transform | projection
     gx, gy = np.meshgrid(np.linspace(0, nx - 1, 9), np.linspace(0, ny - 1, 9))
-    design = _design_matrix(*(wcs.forward_transform | projection)(gx, gy), 1)
-    source_design = _design_matrix(xy[:, 0], xy[:, 1], 1)
-    x0, y0 = (source_design @ np.linalg.lstsq(design, g.ravel(), rcond=None)[0] for g in (gx, gy))
+    coef = np.linalg.lstsq(
+        _design_matrix(gx, gy, 1), np.column_stack([c.ravel() for c in to_scene(gx, gy)]), None
+    )[0]
+    offset, to_pixel = coef[0], np.linalg.inv(coef[1:].T)
 
-    def within(x: np.ndarray, y: np.ndarray, pad: float) -> np.ndarray:
+    def within(pixel: np.ndarray, pad: float) -> np.ndarray:
+        x, y = pixel.T
         return (x > -pad) & (x < nx - 1 + pad) & (y > -pad) & (y < ny - 1 + pad)
 
-    near = np.flatnonzero(within(x0, y0, margin_px + 4.0 * config.distortion_px + 2.0))
-    x, y = (projection.inverse | wcs.backward_transform)(xy[near, 0], xy[near, 1])
-    keep = within(x, y, margin_px)
-    return near[keep], np.column_stack([x[keep], y[keep]])
+    # far sources are dropped first: the cubic distortion grows fast away from the detector
+    near = np.flatnonzero(within((xy - offset) @ to_pixel.T, margin_px + 0.25 * max(nx, ny)))
+    target = xy[near]
+    pixel = (target - offset) @ to_pixel.T
+    for _ in range(_SOLVER_ITERATIONS):
+        pixel += (target - np.column_stack(to_scene(*pixel.T))) @ to_pixel.T
+    residual = np.hypot(*(target - np.column_stack(to_scene(*pixel.T))).T)
+    keep = within(pixel, margin_px) & (residual < 1e-4 * PIXEL_SCALE_ARCSEC)
+    return near[keep], pixel[keep]
 
 
 def _render_scene(scene: _Scene, wcs: WCS, config: SyntheticConfig) -> np.ndarray:
@@ -682,7 +685,9 @@ def _render_scene(scene: _Scene, wcs: WCS, config: SyntheticConfig) -> np.ndarra
     ):
         if xy.shape[0] == 0:
             continue
-        index, centres = _sources_near_detector(wcs, projection, xy, config, radius.max())
+        index, centres = _sources_near_detector(
+            wcs, projection, xy, config.detector_shape, radius.max()
+        )
         image += _render_sources(
             xi, eta, centres, radius[index], partial(_indexed_profile, profile, scene, index)
         )
@@ -810,8 +815,11 @@ def _set_metadata(
     pointing: _Pointing,
     sky_level: float,
 ) -> None:
-    """Fill the metadata jwst's outlier detection and resampling read (group id, times,
-    instrument, wcsinfo, photometry, units, background)."""
+    """Fill the metadata jwst reads: group id keys, times, instrument, wcsinfo, photometry.
+
+    ``model.meta.wcs`` must already be set: ``ra_ref``/``dec_ref`` and ``s_region`` come
+    from it.
+    """
     ny, nx = config.detector_shape
     wcs = model.meta.wcs
     model.meta.filename = cal_file_name(exposure, detector)
@@ -842,12 +850,10 @@ def _set_metadata(
     exp.end_time = start.mjd + exp.duration / 86400.0
 
     wcsinfo = model.meta.wcsinfo
-    wcsinfo.ra_ref, wcsinfo.dec_ref = (float(c) for c in wcs(((nx - 1) / 2.0), (ny - 1) / 2.0))
-    wcsinfo.roll_ref, wcsinfo.v3yangle, wcsinfo.vparity = (
-        pointing.roll,
-        config.v3yangle,
-        config.vparity,
-    )
+    wcsinfo.ra_ref, wcsinfo.dec_ref = (float(c) for c in wcs((nx - 1) / 2.0, (ny - 1) / 2.0))
+    # the same angles build the WCS's PC matrix, so jwst's output grid follows the detectors
+    wcsinfo.roll_ref = pointing.roll
+    wcsinfo.v3yangle, wcsinfo.vparity = config.v3yangle, config.vparity
     offset = _detector_offsets_arcsec(config)[detector]
     wcsinfo.v2_ref = _V2V3_MODULE_CENTRE_ARCSEC[0] + config.vparity * offset[0]
     wcsinfo.v3_ref = _V2V3_MODULE_CENTRE_ARCSEC[1] + offset[1]
@@ -954,7 +960,7 @@ def make_models(
     config = SyntheticConfig(
         n_exposures=n_exposures,
         n_detectors=n_detectors,
-        detector_shape=tuple(detector_shape),
+        detector_shape=(int(detector_shape[0]), int(detector_shape[1])),
         seed=seed,
         **options,
     )
@@ -998,7 +1004,7 @@ def write_association(
     config = SyntheticConfig(
         n_exposures=n_exposures,
         n_detectors=n_detectors,
-        detector_shape=tuple(detector_shape),
+        detector_shape=(int(detector_shape[0]), int(detector_shape[1])),
         seed=seed,
         **options,
     )
@@ -1060,9 +1066,25 @@ def exposure_coverage(models: list[ImageModel]) -> list[np.ndarray]:
         ra, dec = model.meta.wcs(*np.meshgrid(np.arange(nx), np.arange(ny)))
         seen: dict[str, np.ndarray] = {}
         for other, exposure in zip(models, exposures, strict=True):
-            x, y = other.meta.wcs.backward_transform(ra, dec)
+            x, y = _world_to_pixel_checked(other.meta.wcs, ra, dec)
             oy, ox = other.data.shape
             inside = (x >= -0.5) & (x < ox - 0.5) & (y >= -0.5) & (y < oy - 0.5)
             seen[exposure] = seen.get(exposure, np.zeros((ny, nx), bool)) | inside
         coverage.append(np.sum(list(seen.values()), axis=0))
     return coverage
+
+
+def _world_to_pixel_checked(
+    wcs: WCS, ra: np.ndarray, dec: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel (x, y) of ICRS positions [deg]; NaN where the polynomial inverse is invalid.
+
+    The fitted inverse only holds near the detector, so far positions could land anywhere;
+    a forward round trip within 1e-3 pixel identifies the valid ones.
+    """
+    with np.errstate(all="ignore"):
+        x, y = wcs.backward_transform(ra, dec)
+        ra_back, dec_back = wcs.forward_transform(x, y)
+        miss_arcsec = 3600.0 * np.hypot((ra_back - ra) * np.cos(np.deg2rad(dec)), dec_back - dec)
+    valid = miss_arcsec < 1e-3 * PIXEL_SCALE_ARCSEC
+    return np.where(valid, x, np.nan), np.where(valid, y, np.nan)

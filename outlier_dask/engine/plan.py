@@ -126,9 +126,7 @@ def _groups_in_order(members: list[Member]) -> dict[str, list[int]]:
     return groups
 
 
-def _member_region(
-    pixel_map: PixelMap, grid_shape: tuple[int, int]
-) -> Window | None:
+def _member_region(pixel_map: PixelMap, grid_shape: tuple[int, int]) -> Window | None:
     ny, nx = pixel_map.shape
     bounds = pixel_map.border_bounds((0, ny), (0, nx))
     if bounds is None:
@@ -162,7 +160,10 @@ def _blocks_of(
     blocks = []
     for r0, r1 in tile_ranges(ny, block_size):
         for c0, c1 in tile_ranges(nx, block_size):
-            outer = ((max(0, r0 - halo), min(ny, r1 + halo)), (max(0, c0 - halo), min(nx, c1 + halo)))
+            outer = (
+                (max(0, r0 - halo), min(ny, r1 + halo)),
+                (max(0, c0 - halo), min(nx, c1 + halo)),
+            )
             if pixel_map is None:
                 cutout: Window | None = outer
             else:
@@ -186,9 +187,7 @@ def _cutout_for(pixel_map: PixelMap, outer: Window, grid_shape: tuple[int, int])
     return (y0, y1), (x0, x1)
 
 
-def make_plan(
-    members: list[Member], product_name: str, params: OutlierParameters
-) -> Plan:
+def make_plan(members: list[Member], product_name: str, params: OutlierParameters) -> Plan:
     """Decide the output grid, groups, regions and blocks of a run.
 
     Raises
@@ -236,9 +235,7 @@ def _plan_without_resampling(
     shapes = {m.shape for m in members}
     if len(shapes) > 1:
         listing = ", ".join(f"{m.name} {m.shape[0]}x{m.shape[1]}" for m in members)
-        raise ValueError(
-            f"resample_data=False needs inputs of one shape; got {listing}"
-        )
+        raise ValueError(f"resample_data=False needs inputs of one shape; got {listing}")
     shape = members[0].shape
     full = ((0, shape[0]), (0, shape[1]))
     groups = [GroupPlan(m.name, (m.index,), full) for m in members]

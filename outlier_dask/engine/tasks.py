@@ -124,9 +124,7 @@ def build_group_mosaic(
     return GroupMosaic(group.region, data, weight, float(threshold))
 
 
-def tile_of_region(
-    region: Window, values: np.ndarray, tile: Window, fill: float
-) -> np.ndarray:
+def tile_of_region(region: Window, values: np.ndarray, tile: Window, fill: float) -> np.ndarray:
     """The part of a region's array that falls in a grid tile, ``fill`` elsewhere.
 
     Returns
@@ -139,7 +137,9 @@ def tile_of_region(
     y0, y1 = max(ty0, ry0), min(ty1, ry1)
     x0, x1 = max(tx0, rx0), min(tx1, rx1)
     if y0 < y1 and x0 < x1:
-        out[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0] = values[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+        out[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0] = values[
+            y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0
+        ]
     return out
 
 

@@ -80,9 +80,7 @@ def _rotation_matrix(roll_ref_deg: float, v3yangle_deg: float, vparity: int) -> 
     if vparity not in (1, -1):
         raise ValueError(f"wcsinfo.vparity must be 1 or -1, got {vparity!r}")
     rel = np.deg2rad(roll_ref_deg) - vparity * np.deg2rad(v3yangle_deg)
-    return np.array(
-        [[vparity * np.cos(rel), np.sin(rel)], [-vparity * np.sin(rel), np.cos(rel)]]
-    )
+    return np.array([[vparity * np.cos(rel), np.sin(rel)], [-vparity * np.sin(rel), np.cos(rel)]])
 
 
 def output_wcs_from_footprints(

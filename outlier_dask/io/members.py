@@ -95,9 +95,7 @@ class ArraySource(PixelSource):
         """A source holding only ``window``, so a task ships only the pixels it needs."""
         (r0, r1), (c0, c1) = window
         oy, ox = self.origin
-        arrays = {
-            k: v[r0 - oy : r1 - oy, c0 - ox : c1 - ox] for k, v in self.arrays.items()
-        }
+        arrays = {k: v[r0 - oy : r1 - oy, c0 - ox : c1 - ox] for k, v in self.arrays.items()}
         return ArraySource(arrays, (r0, c0))
 
 
@@ -155,12 +153,12 @@ class Member:
 
     @property
     def stem(self) -> str:
-        """The name without its extension and last ``_suffix`` (``..._nrca1_cal`` -> ``..._nrca1``)."""
+        """The name without extension and last ``_suffix`` (``x_nrca1_cal`` -> ``x_nrca1``)."""
         return stem_of(self.name)
 
     @property
     def weight_time(self) -> float:
-        """Time used for ``weight_type='exptime'``: measurement time if known, else exposure time."""
+        """Seconds for ``weight_type='exptime'``: measurement time if known, else exposure time."""
         return self.exposure_time if self.measurement_time is None else self.measurement_time
 
 

@@ -62,9 +62,7 @@ def apply_outlier_mask(model: datamodels.ImageModel, mask: np.ndarray, status: s
     int
         Number of pixels flagged as outliers.
     """
-    variances = {
-        name: getattr(model, name) for name in VARIANCE_ATTRS if model.hasattr(name)
-    }
+    variances = {name: getattr(model, name) for name in VARIANCE_ATTRS if model.hasattr(name)}
     dq = flag_outliers_in_dq(model.dq, mask)
     data, err, dq, variances = match_nans_and_flags(model.data, model.err, dq, variances)
     model.data, model.err, model.dq = data, err, dq

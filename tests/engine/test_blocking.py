@@ -1,0 +1,118 @@
+"""The engine's results do not depend on how work is cut: tiles, blocks, stores, schedulers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from outlier_dask.engine.plan import make_plan
+from outlier_dask.engine.run import run_plan
+from outlier_dask.engine.stores import ScratchStore, scratch_directory
+from outlier_dask.engine.tasks import MemberTaskInfo, blot_and_flag_block
+from outlier_dask.io.members import members_from_models
+from outlier_dask.parameters import OutlierParameters
+from outlier_dask.runtime.schedulers import start_runner
+from outlier_dask.synthetic import make_models
+
+
+@pytest.fixture(scope="module")
+def models():
+    models, _ = make_models(n_exposures=3, n_detectors=2, detector_shape=(72, 80), seed=3)
+    return models
+
+
+def _run(models, tmp_path=None, **values):
+    params = OutlierParameters(scheduler="synchronous", **values)
+    members = members_from_models(models)
+    plan = make_plan(members, "test", params)
+    with scratch_directory(str(tmp_path) if tmp_path else None) as scratch:
+        store = None if params.in_memory else ScratchStore(str(scratch / "s.zarr"))
+        with start_runner(params) as runner:
+            return plan, run_plan(plan, params, runner, store)
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    return _run(models, tile_size=4096, block_size=4096, save_intermediate_results=True)
+
+
+def test_reference_flags_something(reference):
+    _, result = reference
+    assert sum(int(m.sum()) for m in result.masks) > 20
+
+
+@pytest.mark.parametrize(
+    ("tile_size", "block_size"), [(16, 16), (37, 23), (64, 7), (1000, 3), (5, 50)]
+)
+def test_masks_do_not_depend_on_tiles_or_blocks(models, reference, tile_size, block_size):
+    _, expected = reference
+    _, result = _run(
+        models, tile_size=tile_size, block_size=block_size, save_intermediate_results=True
+    )
+    for want, got in zip(expected.masks, result.masks, strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(result.median, expected.median)
+    for want, got in zip(expected.blots, result.blots, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("block_size", [1, 2])
+def test_blocks_smaller_than_the_halo(models, reference, block_size):
+    """Blocks of 1 and 2 pixels (the halo is 2) still give the whole-frame mask."""
+    plan, expected = reference
+    member = plan.members[0]
+    params = OutlierParameters(block_size=block_size)
+    small = make_plan(plan.members, "test", params)
+    info = MemberTaskInfo(
+        member.source,
+        member.shape,
+        small.pixel_maps[0],
+        member.exposure_time,
+        member.weight_time,
+        member.background_level,
+    )
+    mask = np.zeros(member.shape, dtype=bool)
+    for block in small.blocks:
+        if block.member != 0:
+            continue
+        cutout = None
+        if block.cutout is not None:
+            (y0, y1), (x0, x1) = block.cutout
+            cutout = expected.median[y0:y1, x0:x1]
+        result = blot_and_flag_block(block, info, cutout, small.grid_shape, params)
+        (r0, r1), (c0, c1) = block.inner
+        mask[r0:r1, c0:c1] = result.mask
+    np.testing.assert_array_equal(mask, expected.masks[0])
+
+
+def test_on_disk_equals_in_memory(models, reference, tmp_path):
+    _, expected = reference
+    _, result = _run(
+        models, tmp_path, in_memory=False, tile_size=48, save_intermediate_results=True
+    )
+    np.testing.assert_array_equal(result.median, expected.median)
+    for want, got in zip(expected.masks, result.masks, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for want, got in zip(expected.mosaics, result.mosaics, strict=True):
+        np.testing.assert_array_equal(got.data, want.data)
+        np.testing.assert_array_equal(got.weight, want.weight)
+    assert list(tmp_path.iterdir()) == [], "scratch must be removed after the run"
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_schedulers_agree(models, reference, scheduler):
+    _, expected = reference
+    params = OutlierParameters(scheduler=scheduler, n_workers=2, tile_size=48, block_size=40)
+    plan = make_plan(members_from_models(models), "test", params)
+    with start_runner(params) as runner:
+        result = run_plan(plan, params, runner)
+    for want, got in zip(expected.masks, result.masks, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_without_resampling_blocks_agree(models):
+    _, whole = _run(models, resample_data=False, block_size=4096)
+    _, blocked = _run(models, resample_data=False, block_size=9, tile_size=13)
+    assert sum(int(m.sum()) for m in whole.masks) > 0
+    for want, got in zip(whole.masks, blocked.masks, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -1,0 +1,102 @@
+"""Pixel maps: the checked spline stays within its bound; windows equal the whole frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.modeling import models as am
+
+from outlier_dask.geometry.output_grid import footprints_from_s_region, output_wcs_from_footprints
+from outlier_dask.geometry.pixel_map import build_pixel_map, valid_pixel_range
+from outlier_dask.synthetic import make_models
+
+SHAPE = (200, 240)
+
+
+@pytest.fixture(scope="module")
+def wcs_pair():
+    models, _ = make_models(n_exposures=2, n_detectors=1, detector_shape=SHAPE, seed=2)
+    footprints = [p for m in models for p in footprints_from_s_region(m.meta.wcsinfo.s_region)]
+    grid = output_wcs_from_footprints(
+        footprints, models[0].meta.wcs, models[0].meta.wcsinfo.instance
+    )
+    return models[1].meta.wcs, grid
+
+
+def _exact(wcs_in, grid):
+    pm = build_pixel_map(wcs_in, grid, SHAPE, tolerance_px=0)
+    assert pm.method == "exact"
+    return pm.evaluate((0, SHAPE[0]), (0, SHAPE[1]))
+
+
+def test_spline_error_within_tolerance(wcs_pair):
+    wcs_in, grid = wcs_pair
+    pm = build_pixel_map(wcs_in, grid, SHAPE, tolerance_px=1e-4)
+    assert pm.method == "spline"
+    assert pm.max_error_px <= 1e-4
+    approx = pm.evaluate((0, SHAPE[0]), (0, SHAPE[1]))
+    error = np.hypot(*(approx - _exact(wcs_in, grid)).transpose(2, 0, 1))
+    # The check samples cell centres, where a smooth map's error peaks.
+    assert error.max() <= 2e-4
+
+
+def test_exact_map_equals_the_wcs(wcs_pair):
+    wcs_in, grid = wcs_pair
+    exact = _exact(wcs_in, grid)
+    x, y = grid.world_to_pixel_values(*wcs_in.pixel_to_world_values(17.0, 33.0))
+    np.testing.assert_allclose(exact[33, 17], [x, y], rtol=0, atol=1e-9)
+
+
+def test_impossible_tolerance_falls_back_to_exact(wcs_pair):
+    wcs_in, grid = wcs_pair
+    pm = build_pixel_map(wcs_in, grid, SHAPE, tolerance_px=1e-15)
+    assert pm.method == "exact"
+
+
+@pytest.mark.parametrize("tolerance", [1e-4, 0.0])
+def test_window_equals_slice_of_whole_frame(wcs_pair, tolerance):
+    wcs_in, grid = wcs_pair
+    pm = build_pixel_map(wcs_in, grid, SHAPE, tolerance_px=tolerance)
+    whole = pm.evaluate((0, SHAPE[0]), (0, SHAPE[1]))
+    window = pm.evaluate((13, 101), (57, 240))
+    np.testing.assert_array_equal(window, whole[13:101, 57:240])
+
+
+def test_sparse_stepsize_matches_reference_calc_pixmap(wcs_pair):
+    resample_utils = pytest.importorskip("stcal.resample.utils")
+    wcs_in, grid = wcs_pair
+    pm = build_pixel_map(wcs_in, grid, SHAPE, stepsize=10, order=3)
+    ours = pm.evaluate((0, SHAPE[0]), (0, SHAPE[1]))
+    theirs = resample_utils.calc_pixmap(wcs_in, grid, SHAPE, stepsize=10, order=3)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
+
+
+def test_pixels_outside_the_bounding_box_map_to_nan(wcs_pair):
+    wcs_in, grid = wcs_pair
+    from copy import deepcopy
+
+    clipped = deepcopy(wcs_in)
+    clipped.bounding_box = ((9.5, 239.5), (-0.5, 150.2))
+    assert valid_pixel_range(clipped, SHAPE) == (10, 239, 0, 150)
+    for tolerance in (1e-4, 0.0):
+        pm = build_pixel_map(clipped, grid, SHAPE, tolerance_px=tolerance)
+        values = pm.evaluate((0, SHAPE[0]), (0, SHAPE[1]))
+        assert np.isnan(values[:, :10]).all()
+        assert np.isnan(values[151:]).all()
+        assert np.isfinite(values[:151, 10:]).all()
+
+
+def test_linear_map_is_interpolated_exactly():
+    shift = am.Shift(3.25) & am.Shift(-1.5)
+    from gwcs import WCS
+    from gwcs import coordinate_frames as cf
+
+    frame_in = cf.Frame2D(name="detector")
+    frame_out = cf.Frame2D(name="out")
+    wcs_in = WCS([(frame_in, shift), (frame_out, None)])
+    wcs_out = WCS([(frame_in, am.Identity(2)), (frame_out, None)])
+    pm = build_pixel_map(wcs_in, wcs_out, (40, 50), tolerance_px=1e-6)
+    values = pm.evaluate((0, 40), (0, 50))
+    y, x = np.mgrid[0:40, 0:50]
+    np.testing.assert_allclose(values[..., 0], x + 3.25, atol=1e-9)
+    np.testing.assert_allclose(values[..., 1], y - 1.5, atol=1e-9)

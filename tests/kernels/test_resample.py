@@ -1,0 +1,103 @@
+"""Drizzle onto a region and bilinear blot from cut-outs equal the whole-grid reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from drizzle.resample import Drizzle, blot_image
+
+from outlier_dask.kernels.resample import DrizzleInput, blot_bilinear, drizzle_onto_region
+
+NY, NX = 120, 110
+
+
+def _pixmap(offset=(30.37, 20.61), angle=0.3, curvature=2e-4):
+    y, x = np.indices((NY, NX), dtype=float)
+    u = offset[0] + np.cos(angle) * x - np.sin(angle) * y + curvature * x * y
+    v = offset[1] + np.sin(angle) * x + np.cos(angle) * y + curvature * x**2
+    return np.dstack([u, v])
+
+
+def test_blot_equals_compiled_blot_bit_for_bit():
+    rng = np.random.default_rng(0)
+    pixmap = _pixmap(offset=(-15.3, -8.2))
+    pixmap[5:8, 5:9] = np.nan
+    shape = (int(np.nanmax(pixmap[..., 1])) - 10, int(np.nanmax(pixmap[..., 0])) - 12)
+    median = rng.normal(size=shape).astype(np.float32)
+    median[rng.random(shape) < 0.02] = np.nan
+    # Positions exactly on the last row and column exercise the one-axis interpolation.
+    pixmap[0, 0] = [shape[1] - 1, 3.5]
+    pixmap[0, 1] = [2.25, shape[0] - 1]
+    pixmap[0, 2] = [shape[1] - 1, shape[0] - 1]
+    reference = np.full((NY, NX), np.nan, dtype=np.float32)
+    compiled_map = np.where(np.isnan(pixmap), -1.0, pixmap)
+    blot_image(median, compiled_map, out_img=reference, fillval=np.nan, iscale=1.0, interp="linear")
+    ours = blot_bilinear(median, (0, 0), shape, pixmap)
+    np.testing.assert_array_equal(ours, reference)
+    assert np.isfinite(ours).sum() > NY * NX // 3
+    assert np.isnan(ours).sum() > 100
+
+
+@pytest.mark.parametrize("block", [1, 7, 33])
+def test_blot_from_cutouts_equals_whole(block):
+    rng = np.random.default_rng(1)
+    pixmap = _pixmap(offset=(-10.0, -5.0))
+    shape = (int(np.nanmax(pixmap[..., 1])) - 5, int(np.nanmax(pixmap[..., 0])) - 5)
+    median = rng.normal(size=shape).astype(np.float32)
+    whole = blot_bilinear(median, (0, 0), shape, pixmap)
+    for r in range(0, NY, block):
+        for c in range(0, NX, block):
+            part = pixmap[r : r + block, c : c + block]
+            y0 = max(int(np.floor(part[..., 1].min())) - 1, 0)
+            x0 = max(int(np.floor(part[..., 0].min())) - 1, 0)
+            y1 = min(int(np.floor(part[..., 1].max())) + 2, shape[0])
+            x1 = min(int(np.floor(part[..., 0].max())) + 2, shape[1])
+            if y0 >= y1 or x0 >= x1:
+                y0, y1, x0, x1 = 0, 1, 0, 1
+            got = blot_bilinear(median[y0:y1, x0:x1], (y0, x0), shape, part)
+            np.testing.assert_array_equal(got, whole[r : r + block, c : c + block])
+
+
+def test_blot_refuses_a_cutout_that_misses_positions():
+    pixmap = _pixmap()
+    median = np.zeros((400, 400), dtype=np.float32)
+    with pytest.raises(ValueError, match="cut-out does not cover"):
+        blot_bilinear(median[10:20, 10:20], (10, 10), median.shape, pixmap)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "pixfrac"), [("square", 1.0), ("square", 0.5), ("point", 1.0), ("turbo", 0.8)]
+)
+def test_region_drizzle_equals_whole_grid(kernel, pixfrac):
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(NY, NX)).astype(np.float32)
+    weight = rng.uniform(0.5, 1, size=(NY, NX)).astype(np.float32)
+    weight[rng.random((NY, NX)) < 0.05] = 0
+    maps = [_pixmap(offset=(45.37, 20.61)), _pixmap(offset=(48.1, 24.9))]
+    grid = (300, 260)
+    whole = Drizzle(kernel=kernel, fillval="NAN", out_shape=grid, disable_ctx=True)
+    for pixmap in maps:
+        whole.add_image(
+            data, exptime=1.0, pixmap=pixmap, weight_map=weight, pixfrac=pixfrac, in_units="cps"
+        )
+    low = np.floor(np.min([m.min(axis=(0, 1)) for m in maps], axis=0)).astype(int) - 2
+    high = np.ceil(np.max([m.max(axis=(0, 1)) for m in maps], axis=0)).astype(int) + 3
+    (x0, y0), (x1, y1) = low, high
+    inputs = [DrizzleInput(data, weight, m, 1.0) for m in maps]
+    out, wht = drizzle_onto_region(
+        inputs, (y0, x0), (y1 - y0, x1 - x0), kernel=kernel, pixfrac=pixfrac
+    )
+    np.testing.assert_array_equal(out, whole.out_img[y0:y1, x0:x1])
+    np.testing.assert_array_equal(wht, whole.out_wht[y0:y1, x0:x1])
+    assert x0 > 0
+    assert y0 > 0
+    assert x1 < grid[1]
+    assert y1 < grid[0]
+    assert np.isnan(whole.out_img[:y0]).all()
+    assert np.isnan(whole.out_img[y1:]).all()
+
+
+def test_empty_region_is_fill_and_zero_weight():
+    out, wht = drizzle_onto_region([], (0, 0), (3, 4), fillval="0")
+    np.testing.assert_array_equal(out, np.zeros((3, 4), np.float32))
+    np.testing.assert_array_equal(wht, np.zeros((3, 4), np.float32))
