@@ -208,7 +208,7 @@ def _write_products(
             dask.delayed(write_flagged_file)(member, mask, path)
             for member, mask, path in zip(plan.members, result.masks, outputs, strict=True)
         ]
-        runner.compute(*tasks)
+        runner.compute(*tasks, stage="write")
         return outputs
     flagged_models = []
     for member, mask in zip(plan.members, result.masks, strict=True):

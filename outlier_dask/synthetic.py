@@ -67,7 +67,8 @@ _MODULES = "AB"
 _DETECTORS_PER_MODULE = 4
 _INVERSE_TOLERANCE_PX = 1e-5
 _MIN_CR_SIGMA = 8.0
-_MAX_STAMP_RADIUS_PX = 64.0
+_STAMP_HALF_SIZES_PX = (4, 6, 8, 12, 16, 24, 32, 48, 64)
+_MAX_STAMP_RADIUS_PX = float(_STAMP_HALF_SIZES_PX[-1])
 _SOLVER_ITERATIONS = 12
 _FIRST_EXPOSURE_MJD = 60310.25
 _OBSERVATION_IDS = {
@@ -253,6 +254,7 @@ class _Scene:
     galaxy_peak: np.ndarray  # (n_galaxies,) central surface brightness [MJy/sr]
     galaxy_re: np.ndarray  # (n_galaxies,) effective radius [arcsec]
     galaxy_n: np.ndarray  # (n_galaxies,) Sersic index
+    galaxy_b: np.ndarray  # (n_galaxies,) Sersic b_n, so that galaxy_re encloses half the light
     galaxy_q: np.ndarray  # (n_galaxies,) axis ratio
     galaxy_pa: np.ndarray  # (n_galaxies,) position angle in the tangent plane [rad]
 
@@ -551,6 +553,7 @@ def _make_scene(config: SyntheticConfig, box: np.ndarray) -> _Scene:
     def skewed_log_uniform(low: float, high: float, n: int) -> np.ndarray:
         return low * (high / low) ** (rng.uniform(0, 1, n) ** 2)
 
+    galaxy_n = rng.uniform(0.5, 2.5, n_galaxies)
     return _Scene(
         star_xy=positions(n_stars),
         star_peak=sigma * skewed_log_uniform(5.0, 5000.0, n_stars),
@@ -558,7 +561,8 @@ def _make_scene(config: SyntheticConfig, box: np.ndarray) -> _Scene:
         galaxy_xy=positions(n_galaxies),
         galaxy_peak=sigma * skewed_log_uniform(1.0, 300.0, n_galaxies),
         galaxy_re=PIXEL_SCALE_ARCSEC * rng.uniform(1.5, 6.0, n_galaxies),
-        galaxy_n=rng.uniform(0.5, 2.5, n_galaxies),
+        galaxy_n=galaxy_n,
+        galaxy_b=_sersic_b(galaxy_n),
         galaxy_q=rng.uniform(0.3, 1.0, n_galaxies),
         galaxy_pa=rng.uniform(0, np.pi, n_galaxies),
     )
@@ -596,13 +600,14 @@ def _render_sources(
     Each source ``k`` is evaluated on a square stamp around its pixel centre
     ``centres_px[k]`` (x, y), as ``profile(k, dxi, deta)`` at the exact scene offsets of the
     stamp pixels (``xi``, ``eta`` [arcsec], ``(ny, nx)``). Stamps of similar radius are
-    handled together (radius rounded up to a power of two), so the work is vectorised over
+    handled together (radius rounded up to one of ``_STAMP_HALF_SIZES_PX``), vectorised over
     sources and bounded to ~2e6 stamp pixels at a time.
     """
     ny, nx = xi.shape
     image = np.zeros(ny * nx)
     xi, eta = xi.ravel(), eta.ravel()
-    bucket = 2 ** np.ceil(np.log2(np.clip(radius_px, 4, 64))).astype(int)
+    sizes = np.array(_STAMP_HALF_SIZES_PX)
+    bucket = sizes[np.searchsorted(sizes, np.minimum(radius_px, sizes[-1]))]
     for half in np.unique(bucket):
         members = np.flatnonzero(bucket == half)
         step = np.arange(-half, half + 1)
@@ -629,9 +634,8 @@ def _galaxy_profile(scene: _Scene, k: np.ndarray, xi: np.ndarray, eta: np.ndarra
     dxi, deta = xi - scene.galaxy_xy[k, 0], eta - scene.galaxy_xy[k, 1]
     cos, sin = np.cos(scene.galaxy_pa[k]), np.sin(scene.galaxy_pa[k])
     major, minor = dxi * cos + deta * sin, (deta * cos - dxi * sin) / scene.galaxy_q[k]
-    n = scene.galaxy_n[k]
-    r = np.sqrt(major**2 + minor**2) / scene.galaxy_re[k]
-    return scene.galaxy_peak[k] * np.exp(-_sersic_b(n) * r ** (1.0 / n))
+    r2 = (major**2 + minor**2) / scene.galaxy_re[k] ** 2
+    return scene.galaxy_peak[k] * np.exp(-scene.galaxy_b[k] * r2 ** (0.5 / scene.galaxy_n[k]))
 
 
 def _sources_near_detector(
@@ -670,13 +674,14 @@ def _render_scene(scene: _Scene, wcs: WCS, config: SyntheticConfig) -> np.ndarra
     """Noise-free source surface brightness on one detector, float64 ``(ny, nx)`` [MJy/sr]."""
     projection = _scene_projection(config)
     xi, eta = _pixel_scene_offsets(wcs, projection, config.detector_shape)
-    floor = 0.01 * config.sky_sigma
+    # truncation far below the noise; it differs between exposures by at most this much
+    floor = 0.02 * config.sky_sigma
     # exp(-r^2 / 2 sigma^2) is the b = 1, n = 1/2 member of the Sersic family
     star_radius = _stamp_radius_px(
         scene.star_peak, np.sqrt(2.0) * scene.star_sigma, 1.0, 0.5, floor
     )
     galaxy_radius = _stamp_radius_px(
-        scene.galaxy_peak, scene.galaxy_re, _sersic_b(scene.galaxy_n), scene.galaxy_n, floor
+        scene.galaxy_peak, scene.galaxy_re, scene.galaxy_b, scene.galaxy_n, floor
     )
     image = np.zeros(config.detector_shape)
     for xy, radius, profile in (

@@ -154,7 +154,7 @@ def run_plan(
             dask.delayed(build_group_mosaic)(group, [infos[i] for i in group.members], params)
             for group in plan.groups
         ]
-        mosaics = list(runner.compute(*tasks))
+        mosaics = list(runner.compute(*tasks, stage="drizzle"))
         thresholds = [m.threshold for m in mosaics]
         stack = _stack_from_mosaics(plan, mosaics, fill)
     else:
@@ -165,7 +165,7 @@ def run_plan(
             )
             for g, group in enumerate(plan.groups)
         ]
-        thresholds = list(runner.compute(*tasks))
+        thresholds = list(runner.compute(*tasks, stage="drizzle"))
         mosaics = None
         stack = _stack_from_store(plan, store, thresholds)
     timings["drizzle"] = time.perf_counter() - start
@@ -174,11 +174,11 @@ def run_plan(
     start = time.perf_counter()
     median_lazy = _median_graph(plan, stack)
     if params.in_memory:
-        (median,) = runner.compute(median_lazy)
+        (median,) = runner.compute(median_lazy, stage="median")
     else:
         # Median blocks coincide with the Zarr chunks, so blocks are written without a lock.
         target = store.array("median", "r+")
-        runner.compute(da.store(median_lazy, target, lock=False, compute=False))
+        runner.compute(da.store(median_lazy, target, lock=False, compute=False), stage="median")
         median = None
     timings["median"] = time.perf_counter() - start
     log.info("stage median: %d x %d in %.1f s", *plan.grid_shape, timings["median"])
@@ -198,7 +198,7 @@ def run_plan(
                 block, infos[block.member], cutout, plan.grid_shape, params, keep
             )
         )
-    results: list[BlockResult] = list(runner.compute(*block_tasks))
+    results: list[BlockResult] = list(runner.compute(*block_tasks, stage="blot+flag"))
     masks, blots = _assemble_blocks(plan, results, keep)
     timings["blot_flag"] = time.perf_counter() - start
     log.info("stage blot+flag: %d blocks in %.1f s", len(results), timings["blot_flag"])

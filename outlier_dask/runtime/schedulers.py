@@ -13,7 +13,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -51,10 +51,18 @@ class Runner:
     n_workers: int
     _options: dict[str, Any]
     client: Any = None
+    #: ``progress(stage, runner) -> context manager`` shown around each stage's computation
+    progress: Callable[[str, Runner], contextlib.AbstractContextManager] | None = None
 
-    def compute(self, *collections: Any) -> tuple:
-        """Compute dask collections (delayed objects, arrays) and return their values."""
-        return dask.compute(*collections, **self._options)
+    def compute(self, *collections: Any, stage: str = "compute") -> tuple:
+        """Compute dask collections (delayed objects, arrays) and return their values.
+
+        ``stage`` names the step for progress displays (drizzle, median, blot+flag, write).
+        """
+        if self.progress is None:
+            return dask.compute(*collections, **self._options)
+        with self.progress(stage, self):
+            return dask.compute(*collections, **self._options)
 
     @property
     def dashboard_link(self) -> str | None:
