@@ -28,7 +28,7 @@ import json
 from collections.abc import Callable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -312,14 +312,19 @@ def _detector_offsets_arcsec(config: SyntheticConfig) -> np.ndarray:
     return offsets - offsets.mean(axis=0)
 
 
+@lru_cache
+def _coefficient_names(degree: int) -> tuple[str, ...]:
+    """Names ``c{i}_{j}`` of an astropy ``Polynomial2D``'s coefficients, in its order."""
+    return tuple(am.Polynomial2D(degree).param_names)
+
+
 def _monomial_exponents(degree: int) -> list[tuple[int, int]]:
-    """``(i, j)`` of every ``c{i}_{j}`` coefficient of an astropy ``Polynomial2D``."""
-    names = am.Polynomial2D(degree).param_names
-    return [tuple(int(k) for k in name[1:].split("_")) for name in names]
+    """``(i, j)`` of every ``c{i}_{j}`` coefficient (term ``x**i * y**j``)."""
+    return [tuple(int(k) for k in name[1:].split("_")) for name in _coefficient_names(degree)]
 
 
 def _polynomial(degree: int, coefficients: np.ndarray) -> am.Polynomial2D:
-    names = am.Polynomial2D(degree).param_names
+    names = _coefficient_names(degree)
     return am.Polynomial2D(degree, **dict(zip(names, coefficients, strict=True)))
 
 
@@ -398,8 +403,8 @@ def _distortion_with_inverse(config: SyntheticConfig, detector: int) -> Model:
         If no inverse up to degree 15 is accurate enough (``distortion_px`` too large).
     """
     poly_x, poly_y = _distortion_polynomials(config, detector)
-    u_fit, v_fit, half = _normalised_grid(config.detector_shape, 64, 1.15)
-    u_chk, v_chk, _ = _normalised_grid(config.detector_shape, 101, 1.05)
+    u_fit, v_fit, half = _normalised_grid(config.detector_shape, 40, 1.15)
+    u_chk, v_chk, _ = _normalised_grid(config.detector_shape, 61, 1.05)
     p_fit, q_fit = poly_x(u_fit, v_fit), poly_y(u_fit, v_fit)
     p_chk, q_chk = poly_x(u_chk, v_chk), poly_y(u_chk, v_chk)
     for degree in range(5, 17, 2):
@@ -523,15 +528,19 @@ def _pixel_scene_offsets(
 
 
 def _footprint_box_arcsec(wcs_list: list[WCS], config: SyntheticConfig) -> np.ndarray:
-    """Bounding box ``[[xi_min, eta_min], [xi_max, eta_max]]`` [arcsec] of all detectors,
-    padded by 2 arcsec so that sources just outside still spill light onto the edges."""
+    """Scene region ``[[xi_min, eta_min], [xi_max, eta_max]]`` [arcsec] to fill with sources.
+
+    The bounding box of all detector corners, padded by the largest stamp radius (plus 20 %
+    for the distortion), so that sources just outside a detector spill light onto its edge.
+    """
     projection = _scene_projection(config)
     corners = [
         np.column_stack(projection(*wcs.forward_transform(*_pixel_corners(config.detector_shape))))
         for wcs in wcs_list
     ]
     points = np.concatenate(corners)
-    return np.array([points.min(axis=0) - 2.0, points.max(axis=0) + 2.0])
+    pad = 1.2 * _MAX_STAMP_RADIUS_PX * PIXEL_SCALE_ARCSEC
+    return np.array([points.min(axis=0) - pad, points.max(axis=0) + pad])
 
 
 def _make_scene(config: SyntheticConfig, box: np.ndarray) -> _Scene:

@@ -327,6 +327,7 @@ def test_background_level_is_recorded_only_on_request():
         ({"cr_fraction": 1.5}, ValueError, "cr_fraction"),
         ({"exposure_time": 0.0}, ValueError, "exposure_time"),
         ({"no_such_option": 1}, TypeError, "no_such_option"),
+        ({"detector_shape": (32, 32), "distortion_px": 12.0}, ValueError, "distortion_px"),
     ],
 )
 def test_invalid_options_are_rejected(options, error, match):

@@ -23,6 +23,7 @@ from outlier_dask.io.association import (
     AssociationMember,
     group_id_from_observation,
 )
+from outlier_dask.kernels.weights import var_rnoise_usable
 
 __all__ = [
     "ARRAY_NAMES",
@@ -55,6 +56,10 @@ class PixelSource:
         """The array ``name`` (``SCI``, ``ERR``, ``DQ``, ``VAR_*``), or None if absent."""
         raise NotImplementedError
 
+    def shape_of(self, name: str) -> tuple[int, ...] | None:
+        """Shape of the array ``name`` without reading its pixels, or None if absent."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class FileSource(PixelSource):
@@ -64,13 +69,24 @@ class FileSource(PixelSource):
 
     def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
         """See :meth:`PixelSource.read`."""
-        with fits.open(self.path, lazy_load_hdus=True) as hdul:
-            if name not in hdul or not hdul[name].shape:
+        # Raw (unscaled) memory map: only the window's pages are read. JWST stores uint32 DQ
+        # as int32 with BZERO = 2**31, which is undone below without a float round trip.
+        with fits.open(self.path, memmap=True, do_not_scale_image_data=True) as hdul:
+            if name not in hdul:
                 return None
-            # ``section`` reads only the rows asked for and applies BZERO (unsigned DQ).
-            section = hdul[name].section
-            part = section[...] if window is None else section[slice(*window[0]), slice(*window[1])]
-            return np.asarray(part, dtype=_dtype(name))
+            hdu = hdul[name]
+            raw = hdu.data
+            if raw is None:
+                return None
+            if window is not None:
+                raw = raw[slice(*window[0]), slice(*window[1])]
+            return _unscaled(raw, hdu.header, _dtype(name))
+
+    def shape_of(self, name: str) -> tuple[int, ...] | None:
+        """See :meth:`PixelSource.shape_of` (read from the extension's header)."""
+        with fits.open(self.path, memmap=True) as hdul:
+            shape = hdul[name].shape if name in hdul else ()
+            return tuple(shape) if shape else None
 
 
 @dataclass(frozen=True)
@@ -91,12 +107,32 @@ class ArraySource(PixelSource):
             data = data[r0 - oy : r1 - oy, c0 - ox : c1 - ox]
         return np.array(data, dtype=_dtype(name))
 
+    def shape_of(self, name: str) -> tuple[int, ...] | None:
+        """See :meth:`PixelSource.shape_of`."""
+        data = self.arrays.get(name)
+        return None if data is None else tuple(np.shape(data))
+
     def cut(self, window: Window) -> ArraySource:
         """A source holding only ``window``, so a task ships only the pixels it needs."""
         (r0, r1), (c0, c1) = window
         oy, ox = self.origin
         arrays = {k: v[r0 - oy : r1 - oy, c0 - ox : c1 - ox] for k, v in self.arrays.items()}
         return ArraySource(arrays, (r0, c0))
+
+
+def _unscaled(raw: np.ndarray, header: fits.Header, dtype: type) -> np.ndarray:
+    """Apply BSCALE/BZERO of a raw FITS array; the unsigned-integer offset exactly."""
+    bscale = header.get("BSCALE", 1)
+    bzero = header.get("BZERO", 0)
+    if bscale == 1 and bzero == 0:
+        return np.array(raw, dtype=dtype)
+    if bscale == 1 and raw.dtype.kind == "i" and bzero == 2 ** (8 * raw.dtype.itemsize - 1):
+        signed = np.asarray(raw, dtype=raw.dtype.newbyteorder("="))
+        unsigned = signed.view(signed.dtype.str.replace("i", "u")) ^ np.array(
+            bzero, dtype=signed.dtype.str.replace("i", "u")
+        )
+        return unsigned.astype(dtype, copy=False)
+    return (raw * bscale + bzero).astype(dtype)
 
 
 def _dtype(name: str) -> type:
@@ -173,6 +209,14 @@ def stem_of(name: str) -> str:
     return head if sep else base
 
 
+def _positive_number(value: Any) -> bool:
+    """Whether ``value`` is a finite number above 0 (a usable time in seconds)."""
+    try:
+        return bool(np.isfinite(value) and value > 0)
+    except TypeError:
+        return False
+
+
 def _member_from_model(
     model: datamodels.ImageModel,
     index: int,
@@ -191,9 +235,15 @@ def _member_from_model(
         raise AssociationError(f"{label}: SCI must be a 2-D image, got shape {np.shape(data)}")
     exposure = model.meta.exposure
     exptime = exposure.exposure_time
-    if exptime is None or not np.isfinite(exptime) or exptime <= 0:
+    if not _positive_number(exptime):
         raise AssociationError(
             f"{label}: meta.exposure.exposure_time must be a positive number, got {exptime!r}"
+        )
+    measurement_time = exposure.measurement_time
+    if measurement_time is not None and not _positive_number(measurement_time):
+        raise AssociationError(
+            f"{label}: meta.exposure.measurement_time must be a positive number when given, "
+            f"got {measurement_time!r}"
         )
     wcsinfo = model.meta.wcsinfo.instance
     if not wcsinfo.get("s_region"):
@@ -213,11 +263,11 @@ def _member_from_model(
         wcs=wcs,
         wcsinfo=dict(wcsinfo),
         exposure_time=float(exptime),
-        measurement_time=exposure.measurement_time,
+        measurement_time=measurement_time,
         background_level=None if subtracted or level is None else float(level),
         source=source,
         path=path,
-        has_var_rnoise=rnoise is not None and np.shape(rnoise) == data.shape,
+        has_var_rnoise=var_rnoise_usable(None if rnoise is None else np.shape(rnoise), data.shape),
     )
 
 
@@ -236,16 +286,27 @@ def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = datamodels.open(entry.path)
+                # Metadata only: a raw memory map reads the ASDF tree and array shapes, not
+                # the ~100 MB of pixels (unscaled DQ is never used from this model).
+                hdul = fits.open(entry.path, memmap=True, do_not_scale_image_data=True)
+                model = datamodels.ImageModel(hdul)
         except Exception as exc:  # noqa: BLE001 - any reader failure is a bad member
-            raise AssociationError(f"{label}: cannot be read as a JWST datamodel ({exc})") from None
-        with model:
+            raise AssociationError(
+                f"{label}: cannot be read as a JWST datamodel ({_first_line(exc)})"
+            ) from None
+        with hdul, model:
             members.append(
                 _member_from_model(
                     model, index, label, FileSource(str(entry.path)), entry.group_id, entry.path
                 )
             )
     return members
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (reader errors can span many lines)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def members_from_models(models: Sequence[datamodels.ImageModel]) -> list[Member]:

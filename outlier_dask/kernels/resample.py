@@ -149,28 +149,33 @@ def blot_bilinear(
         return out
     x = xo[inside]
     y = yo[inside]
-    i = x.astype(np.int64)
-    j = y.astype(np.int64)
+    i = x.astype(np.intp)
+    j = y.astype(np.intp)
     last_col = i == nx - 1
     last_row = j == ny - 1
-    i1 = np.where(last_col, i, i + 1)
-    j1 = np.where(last_row, j, j + 1)
-    li, lj, li1, lj1 = i - x0, j - y0, i1 - x0, j1 - y0
-    if li.min() < 0 or lj.min() < 0 or li1.max() >= cx or lj1.max() >= cy:
+    li, lj = i - x0, j - y0
+    if li.min() < 0 or lj.min() < 0 or (li + ~last_col).max() >= cx or (lj + ~last_row).max() >= cy:
         raise ValueError("blot: the median cut-out does not cover the mapped positions")
-    f00 = median_cutout[lj, li]
-    f10 = median_cutout[lj, li1]
-    f01 = median_cutout[lj1, li]
-    f11 = median_cutout[lj1, li1]
+    # Gathers on the flattened cut-out are several times faster than 2-D fancy indexing;
+    # the step to the right (down) neighbour is 0 on the median's last column (row).
+    flat = np.ascontiguousarray(median_cutout, dtype=np.float32).ravel()
+    k00 = lj * cx + li
+    step_x = (~last_col).astype(np.intp)
+    step_y = (~last_row).astype(np.intp) * cx
+    f00 = flat[k00]
+    f10 = flat[k00 + step_x]
+    f01 = flat[k00 + step_y]
+    f11 = flat[k00 + step_x + step_y]
     sx = x - i.astype(np.float32)
     sy = y - j.astype(np.float32)
     tx = np.float32(1) - sx
     ty = np.float32(1) - sy
     value = tx * ty * f00 + sx * ty * f10 + sy * tx * f01 + sx * sy * f11
-    along_y = ty * f00 + sy * f01
-    along_x = tx * f00 + sx * f10
-    value = np.where(last_col & ~last_row, along_y, value)
-    value = np.where(last_row & ~last_col, along_x, value)
-    value = np.where(last_col & last_row, f00, value)
+    if last_col.any() or last_row.any():
+        along_y = ty * f00 + sy * f01
+        along_x = tx * f00 + sx * f10
+        value = np.where(last_col & ~last_row, along_y, value)
+        value = np.where(last_row & ~last_col, along_x, value)
+        value = np.where(last_col & last_row, f00, value)
     out[inside] = value
     return out

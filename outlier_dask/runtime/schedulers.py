@@ -85,12 +85,34 @@ def start_runner(
     elif kind == "threads":
         yield Runner(kind, n, {"scheduler": "threads", "num_workers": n})
     elif kind == "processes":
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["outlier_dask.engine.tasks"])
-        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+        with _started_process_pool(n) as pool:
             yield Runner(kind, n, {"scheduler": "processes", "pool": pool})
     else:
         yield from _distributed_runner(params, n, spill_dir)
+
+
+def _worker_ready() -> int:
+    return os.getpid()
+
+
+@contextlib.contextmanager
+def _started_process_pool(n: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of ``n`` forked workers, all started before this process starts any thread.
+
+    Forking (rather than spawning) keeps the engine's imports, and does not re-run the caller's
+    script in the workers, so a script calling ``detect_outliers`` needs no ``__main__`` guard.
+    Workers are started at once, while this process has no helper threads (Zarr's event loop,
+    dask's thread pools) that a fork could copy in a locked state.
+    """
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=context)
+    try:
+        futures = [pool.submit(_worker_ready) for _ in range(n)]
+        for future in futures:
+            future.result()
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _distributed_runner(
