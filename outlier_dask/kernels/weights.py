@@ -147,6 +147,44 @@ def valid_weight_values(weights: np.ndarray) -> np.ndarray:
     return weights[np.isfinite(weights) & (weights != 0)]
 
 
+def _median_as_numpy(values: np.ndarray) -> np.float32:
+    """``np.median`` of finite float32 values, bit for bit, with one selection pass.
+
+    ``np.median`` also partitions at the last index to look for NaN, which costs ten times a
+    single selection on large arrays; with finite values the result is the same: the middle
+    value, or the float32 mean of the two middle values.
+    """
+    n = values.size
+    half = n // 2
+    part = np.partition(values, half)
+    high = part[half]
+    if n % 2:
+        return high
+    low = part[:half].max()
+    return np.mean(np.array([low, high], dtype=np.float32))
+
+
+def _sigma_clipped_float32(values: np.ndarray) -> np.ndarray:
+    """The values astropy ``sigma_clip(sigma=3, maxiters=5)`` keeps, for finite float32 input.
+
+    The same iteration as astropy's (median centre, ``np.nanstd`` spread, bounds in float32,
+    inclusive), with a faster exact median; ``tests/kernels/test_weights.py`` checks equality.
+    """
+    kept = values
+    for _ in range(_CLIP_MAXITERS):
+        size = kept.size
+        if size == 0:
+            break
+        centre = _median_as_numpy(kept)
+        spread = np.nanstd(kept)
+        low = centre - spread * _CLIP_SIGMA
+        high = centre + spread * _CLIP_SIGMA
+        kept = kept[(kept >= low) & (kept <= high)]
+        if kept.size == size:
+            break
+    return kept
+
+
 def weight_threshold_from_values(values: np.ndarray, maskpt: float) -> float:
     """``maskpt`` times the sigma-clipped mean of already selected weights (§1.5).
 
@@ -177,7 +215,12 @@ def weight_threshold_from_values(values: np.ndarray, maskpt: float) -> float:
     values = np.asarray(values).ravel()
     if values.size == 0:
         return float("nan")
-    kept = sigma_clip(values, sigma=_CLIP_SIGMA, maxiters=_CLIP_MAXITERS, masked=False, copy=True)
+    if values.dtype == np.float32 and np.isfinite(values).all():
+        kept = _sigma_clipped_float32(values)
+    else:
+        kept = sigma_clip(
+            values, sigma=_CLIP_SIGMA, maxiters=_CLIP_MAXITERS, masked=False, copy=True
+        )
     if kept.size == 0:
         return float("nan")
     return float(np.mean(kept, dtype=np.float64) * maskpt)

@@ -219,3 +219,24 @@ def test_mask_low_weight_compares_in_float64():
 def test_mask_low_weight_shape_mismatch():
     with pytest.raises(ValueError, match=r"shape mismatch: data \(1, 2\) vs weights \(2, 1\)"):
         mask_low_weight(np.zeros((1, 2)), np.zeros((2, 1)), 1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("size", [1, 2, 3, 10, 1001, 20_000])
+def test_fast_float32_clipping_equals_astropy(seed, size):
+    """The float32 fast path keeps exactly the values astropy's sigma_clip keeps."""
+    from astropy.stats import sigma_clip
+
+    from outlier_dask.kernels.weights import _sigma_clipped_float32
+
+    rng = np.random.default_rng(seed)
+    values = {
+        0: rng.gamma(5, 1e3, size),
+        1: np.round(rng.normal(100, 10, size)),
+        2: np.where(rng.random(size) < 0.1, 1e-3, rng.uniform(0.5, 1, size)),
+        3: np.where(np.arange(size) % 7 == 0, 8.0, 7.0),
+        4: rng.lognormal(0, 2, size),
+        5: rng.uniform(0, 1, size),
+    }[seed].astype(np.float32)
+    expected = sigma_clip(values, sigma=3, maxiters=5, masked=False, copy=True)
+    np.testing.assert_array_equal(_sigma_clipped_float32(values), expected)
