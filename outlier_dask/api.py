@@ -26,6 +26,9 @@ from outlier_dask.io.outputs import (
     write_image,
 )
 from outlier_dask.parameters import OutlierParameters
+from outlier_dask.plot import plot_path, write_plot
+from outlier_dask.progress import make_progress
+from outlier_dask.report import build_report, input_entry, report_path, write_report
 from outlier_dask.runtime.schedulers import start_runner
 
 __all__ = ["OutlierResult", "detect_outliers"]
@@ -47,9 +50,18 @@ class OutlierResult:
     status : str
         ``COMPLETE`` or ``SKIPPED``.
     timings : dict of str to float
-        Wall seconds per stage.
+        Wall seconds per stage: ``plan``, ``drizzle``, ``median``, ``blot_flag``, ``write`` and
+        ``total`` (the whole call).
     parameters : OutlierParameters
         The parameters used.
+    report : dict
+        The run report (see :func:`outlier_dask.report.build_report`): parameters, versions,
+        timings, and per input the pixels flagged, the flagged fraction of its valid pixels and
+        the fraction of its pixels the median covers.
+    report_path : Path or None
+        Where the report was written as JSON (None: not written).
+    plot_path : Path or None
+        Where the report's figure was written as PNG (None: not requested).
     """
 
     outputs: list[Any]
@@ -57,6 +69,9 @@ class OutlierResult:
     status: str
     timings: dict[str, float] = field(default_factory=dict)
     parameters: OutlierParameters | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    report_path: Path | None = None
+    plot_path: Path | None = None
 
 
 def _resolve_inputs(inputs: Any) -> tuple[str, list[Member], bool]:
@@ -110,6 +125,9 @@ def detect_outliers(
     *,
     parameters: OutlierParameters | None = None,
     client: Any = None,
+    progress: bool | str = "auto",
+    report: bool | None = None,
+    plot: bool = False,
     **values: Any,
 ) -> OutlierResult:
     """Flag outliers in a Stage 3 imaging association, like the JWST pipeline's step.
@@ -122,6 +140,16 @@ def detect_outliers(
         All parameters at once; ``values`` override single ones.
     client : distributed.Client, optional
         Run on this cluster instead of starting a scheduler.
+    progress : bool or {"auto", "bar", "log", "off"}
+        Show each stage's progress: a bar on a terminal (stderr), else log records of logger
+        ``outlier_dask.progress`` (see :func:`outlier_dask.progress.make_progress`).
+    report : bool, optional
+        Write ``<product>_outlier_report.json`` in ``output_dir``. By default (None) it is
+        written for file inputs, beside the products, and not for in-memory models (whose
+        products are not written either); ``OutlierResult.report`` always holds it.
+    plot : bool
+        Also write ``<product>_outlier_report.png`` in ``output_dir`` (needs matplotlib): the
+        median with all inputs' outliers on it and the flagged fraction per input.
     **values
         Any field of :class:`OutlierParameters` by name (strings are accepted, e.g.
         ``snr="5.0 4.0"``, ``in_memory="False"``).
@@ -135,6 +163,7 @@ def detect_outliers(
     ValueError
         A bad parameter, input or output location, named in the message, before heavy work.
     """
+    called = time.perf_counter()
     params = parameters or OutlierParameters()
     if values:
         merged = {k: v for k, v in params.__dict__.items() if k not in ("snr_pair", "scale_pair")}
@@ -142,11 +171,15 @@ def detect_outliers(
         params = OutlierParameters.from_mapping(merged)
     product, members, from_files = _resolve_inputs(inputs)
     outputs = _check_outputs(members, params) if from_files else []
+    extras = _check_extras(product, params, from_files if report is None else report, plot)
+    display = make_progress(progress)
     if len(members) < 2:
         log.warning(
             "outlier detection needs at least two inputs, got %d: step skipped", len(members)
         )
-        return _skip(members, outputs, from_files, params)
+        skipped = _skip(members, outputs, from_files, params)
+        skipped.timings["total"] = time.perf_counter() - called
+        return _finish(skipped, product, members, None, None, None, extras)
     started = time.perf_counter()
     plan = make_plan(members, product, params)
     timings = {"plan": time.perf_counter() - started}
@@ -159,7 +192,8 @@ def detect_outliers(
     with scratch_directory(params.work_dir) as scratch:
         store = None if params.in_memory else ScratchStore(str(scratch / "stack.zarr"))
         with start_runner(params, client, str(scratch)) as runner:
-            result = run_plan(plan, params, runner, store)
+            runner.progress = display
+            result = run_plan(plan, params, runner, store, keep_median=extras.plot is not None)
             timings.update(result.timings)
             started = time.perf_counter()
             written = _write_products(plan, result, outputs, from_files, params, runner)
@@ -167,7 +201,90 @@ def detect_outliers(
     flagged = {m.name: n for m, n in zip(members, result_counts(result), strict=True)}
     for name, count in flagged.items():
         log.info("%s: %d pixels marked as outliers", name, count)
-    return OutlierResult(written, flagged, "COMPLETE", timings, params)
+    timings["total"] = time.perf_counter() - called
+    done = OutlierResult(written, flagged, "COMPLETE", timings, params)
+    return _finish(done, product, members, plan, result, runner, extras)
+
+
+@dataclass(frozen=True)
+class _Extras:
+    """Where the report and the figure go (None: not written)."""
+
+    report: Path | None
+    plot: Path | None
+
+
+def _check_extras(product: str, params: OutlierParameters, report: bool, plot: bool) -> _Extras:
+    """Paths of the report and figure, checked before any heavy work."""
+    out_dir = Path(params.output_dir)
+    paths = _Extras(
+        report_path(out_dir, product) if report else None,
+        plot_path(out_dir, product) if plot else None,
+    )
+    if plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "plot: needs matplotlib; install it with: pip install 'outlier-dask[plot]'"
+            ) from None
+    for path in (paths.report, paths.plot):
+        if path is None:
+            continue
+        if path.exists() and not params.overwrite:
+            raise ValueError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def _finish(
+    done: OutlierResult,
+    product: str,
+    members: list[Member],
+    plan: Plan | None,
+    result: EngineResult | None,
+    runner: Any,
+    extras: _Extras,
+) -> OutlierResult:
+    """Add the report to a result, and write the report and figure where asked."""
+    outputs = done.outputs if done.outputs and isinstance(done.outputs[0], Path) else None
+    entries = [
+        input_entry(
+            member,
+            flagged=done.flagged[member.name],
+            valid_pixels=result.valid_pixels[k] if result else None,
+            covered_pixels=result.covered_pixels[k] if result else None,
+            output=outputs[k] if outputs else None,
+        )
+        for k, member in enumerate(members)
+    ]
+    done.report = build_report(
+        product=product,
+        status=done.status,
+        params=done.parameters,
+        timings=done.timings,
+        inputs=entries,
+        plan=plan,
+        runner=runner,
+    )
+    if extras.report is not None:
+        done.report_path = write_report(done.report, extras.report)
+        log.info("report: %s", done.report_path)
+    if extras.plot is not None and result is not None and result.median is not None:
+        done.plot_path = write_plot(
+            extras.plot,
+            median=result.median,
+            masks=result.masks,
+            pixel_maps=plan.pixel_maps,
+            names=[m.name for m in members],
+            groups=[m.group_id for m in members],
+            fractions=[e["flagged_fraction"] for e in entries],
+            title=product,
+        )
+        log.info("figure: %s", done.plot_path)
+    elif extras.plot is not None:
+        log.warning("plot: no figure for a skipped run")
+    return done
 
 
 def result_counts(result: EngineResult) -> list[int]:

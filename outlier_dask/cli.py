@@ -1,8 +1,13 @@
-"""The ``outlier-dask`` command: ``run`` an association, or ``demo`` on synthetic data.
+"""The ``outlier-dask`` command: ``run`` an association, show its plan (``info``), or ``demo``.
 
 Every parameter of :class:`~outlier_dask.parameters.OutlierParameters` is an option in dash
 form taking ``--name value`` or ``--name=value``; booleans also take the ``strun`` spelling
-``--in-memory=False`` (and ``--in-memory`` alone means True).
+``--in-memory=False`` (and ``--in-memory`` alone means True). ``--config FILE`` reads a YAML or
+``stpipe`` ASDF parameter file first; options given on the command line win.
+
+Exit statuses: 0 success (or the step skipped, as the pipeline does with one input), 1 failure,
+2 usage error (bad option or parameter value). Errors are one line on stderr naming the file,
+input or parameter; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -11,59 +16,131 @@ import argparse
 import logging
 import sys
 import tempfile
+import traceback
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
 from outlier_dask.parameters import OutlierParameters, ParameterError
 
-__all__ = ["main"]
+__all__ = ["PARAMETER_HELP", "main", "parameter_default_text"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-_HELP = {
-    "weight_type": "drizzle weights: ivm (1/VAR_RNOISE) or exptime",
-    "pixfrac": "drop size as a fraction of an input pixel, (0, 1]",
+#: What each parameter means, with its unit; the command's ``--help`` and the documentation's
+#: parameter table are both made from this and the dataclass's defaults.
+PARAMETER_HELP = {
+    "weight_type": "drizzle weight per input pixel: ivm (1/VAR_RNOISE) or exptime (seconds)",
+    "pixfrac": "drop size as a fraction of an input pixel's side, in (0, 1]",
     "kernel": "drizzle kernel: square, point or turbo",
-    "fillval": "value of mosaic pixels with no weight (NAN, INDEF or a number)",
-    "maskpt": "fraction (0-1) of a mosaic's sigma-clipped mean weight below which it is ignored",
-    "snr": "two signal-to-noise thresholds, 'first second'",
-    "scale": "two multipliers of the blot derivative, 'first second'",
+    "fillval": "value of mosaic pixels no input reaches: NAN, INDEF or a number (SCI units)",
+    "maskpt": "fraction (0-1) of a mosaic's sigma-clipped mean weight below which its pixels "
+    "are ignored",
+    "snr": "two signal-to-noise thresholds (multiples of ERR), first and second pass: "
+    "'first second'",
+    "scale": "two multipliers of the blotted median's derivative, first and second pass: "
+    "'first second'",
     "backg": "background added to the blotted median, in SCI units",
-    "save_intermediate_results": "also write _outlier_i2d, _median and _blot files",
-    "resample_data": "drizzle groups to a common grid (False: median of the inputs as they are)",
-    "good_bits": "DQ bits treated as good (astropy bit-flag syntax)",
-    "in_memory": "keep mosaics and median in memory (False: Zarr store in --work-dir)",
-    "pixmap_stepsize": "reference's sparse pixel-map step in pixels (1: checked spline)",
-    "pixmap_order": "spline order (1 or 3) with --pixmap-stepsize > 1",
-    "pixmap_tolerance": "largest pixel-map interpolation error allowed, output pixels (0: exact)",
-    "output_dir": "folder for the products",
+    "save_intermediate_results": "also write the _outlier_i2d mosaics, the _median and the "
+    "_blot images",
+    "resample_data": "drizzle exposure groups onto a common grid (False: median of the inputs "
+    "as they are; they must share one shape)",
+    "good_bits": "DQ bits treated as good (astropy bit-flag syntax, JWST flag names allowed)",
+    "in_memory": "keep mosaics and median in memory (False: a Zarr store under --work-dir)",
+    "pixmap_stepsize": "the reference's sparse pixel-map step, input pixels (1: checked spline)",
+    "pixmap_order": "spline order (1 or 3) of the pixel map with --pixmap-stepsize > 1",
+    "pixmap_tolerance": "largest pixel-map interpolation error allowed, output pixels "
+    "(0: evaluate the WCS at every pixel)",
+    "output_dir": "folder for the products, the report and the figure",
     "suffix": "product suffix: <stem>_<suffix>.fits",
-    "work_dir": "parent folder of scratch data (default: system temp dir); removed after",
-    "scheduler": "processes, threads, synchronous, local-cluster or tcp://host:port",
-    "n_workers": "parallel workers (default: CPUs available)",
+    "work_dir": "parent folder of this run's scratch folder, which is removed at the end",
+    "scheduler": "processes, threads, synchronous, local-cluster, or a scheduler address "
+    "tcp://host:port",
+    "n_workers": "parallel workers (processes, threads or local-cluster workers)",
     "threads_per_worker": "threads per worker with local-cluster",
-    "memory_limit": "memory budget, e.g. 4GiB (local-cluster: split among workers)",
-    "tile_size": "tile edge of mosaics and median, pixels",
-    "block_size": "block edge of the per-input blot and compare, pixels",
-    "overwrite": "replace existing products",
+    "memory_limit": "memory of a local-cluster, bytes or e.g. 4GiB, 800MB (split among workers)",
+    "tile_size": "tile edge of the mosaics and the median, output pixels",
+    "block_size": "block edge of the per-input blot and compare, input pixels",
+    "overwrite": "replace existing products, report and figure",
+}
+
+#: How a default of None reads in help and documentation.
+_NONE_DEFAULTS = {
+    "work_dir": "system temporary folder",
+    "n_workers": "CPUs available",
+    "memory_limit": "no limit",
 }
 
 _BOOL_FIELDS = {f.name for f in fields(OutlierParameters) if f.type == "bool"}
+_STAGE_NAMES = {"blot_flag": "blot+flag"}
+
+log = logging.getLogger("outlier_dask")
+
+
+def parameter_default_text(name: str) -> str:
+    """The default of a parameter as the command line and the docs show it."""
+    field_ = next(f for f in fields(OutlierParameters) if f.name == name)
+    default = None if field_.default is MISSING else field_.default
+    return _NONE_DEFAULTS.get(name, "not set") if default is None else str(default)
 
 
 def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "parameters",
+        "the reference step's parameters (same names, defaults and string forms), then this "
+        "project's execution parameters",
+    )
     for f in fields(OutlierParameters):
         if not f.init:
             continue
-        default = None if f.default is MISSING else f.default
         option = "--" + f.name.replace("_", "-")
-        help_text = f"{_HELP.get(f.name, '')} (default: {default})"
+        meaning = PARAMETER_HELP.get(f.name, "")  # tests/test_cli.py checks none is missing
+        help_text = f"{meaning} (default: {parameter_default_text(f.name)})"
+        # ``%`` would be read as a format by argparse.
+        help_text = help_text.replace("%", "%%")
         if f.name in _BOOL_FIELDS:
-            parser.add_argument(
-                option, dest=f.name, nargs="?", const="True", default=None, help=help_text
+            group.add_argument(
+                option,
+                dest=f.name,
+                nargs="?",
+                const="True",
+                default=None,
+                metavar="True|False",
+                help=help_text,
             )
         else:
-            parser.add_argument(option, dest=f.name, default=None, help=help_text)
+            group.add_argument(option, dest=f.name, default=None, metavar="VALUE", help=help_text)
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="parameter file: YAML (parameters at the top level or under 'parameters:') or "
+        "the ASDF parameter file stpipe writes for OutlierDetectionStep; options given "
+        "here override it",
+    )
+
+
+def _common_options(defaults: bool) -> argparse.ArgumentParser:
+    """-v/-q/--debug, accepted before and after the command."""
+    # After the command the defaults are suppressed, so they never undo a value given before.
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=default(0), help="debug log records"
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="warnings and errors only; no progress display",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks of errors"
+    )
+    return common
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,30 +148,74 @@ def _parser() -> argparse.ArgumentParser:
         prog="outlier-dask",
         description="Flag cosmic rays and other outliers in dithered JWST images "
         "(the JWST pipeline's outlier_detection step, imaging mode), on Dask.",
+        parents=[_common_options(defaults=True)],
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="flag outliers in an association or _cal files")
+    after = _common_options(defaults=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        parents=[after],
+        help="flag outliers in an association or _cal files",
+        description="Flag outliers and write <stem>_<suffix>.fits products, and the run "
+        "report <product>_outlier_report.json, in --output-dir.",
+    )
     run.add_argument("inputs", nargs="+", help="an image3 association JSON, or _cal.fits files")
+    _add_config_option(run)
+    _add_output_options(run)
     _add_parameter_options(run)
-    demo = commands.add_parser(
-        "demo", help="run on a built-in synthetic association and score against its truth"
+    info = commands.add_parser(
+        "info",
+        parents=[after],
+        help="show the plan of a run without running it",
+        description="Read the inputs' metadata and show the plan: inputs and groups, the "
+        "output grid, tiles and blocks, and the estimated peak memory and scratch disk with "
+        "in_memory True and False.",
     )
-    demo.add_argument("--size", choices=("small", "medium"), default="small")
-    demo.add_argument("--seed", type=int, default=0)
+    info.add_argument("inputs", nargs="+", help="an image3 association JSON, or _cal.fits files")
+    _add_config_option(info)
+    _add_parameter_options(info)
+    demo = commands.add_parser(
+        "demo",
+        parents=[after],
+        help="run on a built-in synthetic association and score against its truth",
+        description="Make a synthetic NIRCam-like association (no download), flag it, and "
+        "print recall and precision against the injected cosmic rays.",
+    )
+    demo.add_argument(
+        "--size",
+        choices=("small", "medium"),
+        default="small",
+        help="small: 4 exposures x 2 detectors of 512 x 512 pixels; medium: 8 x 2 of "
+        "2048 x 2048 (default: small)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_config_option(demo)
+    _add_output_options(demo)
     _add_parameter_options(demo)
     return parser
 
 
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile", action="store_true", help="print the wall time of each stage after the run"
+    )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="also write <product>_outlier_report.png: the median with the flagged pixels, "
+        "and the flagged fraction per input (needs matplotlib)",
+    )
+
+
 def _parameters(args: argparse.Namespace) -> OutlierParameters:
+    from outlier_dask.config import parameters_with_file
+
     given = {
         f.name: getattr(args, f.name)
         for f in fields(OutlierParameters)
         if f.init and getattr(args, f.name, None) is not None
     }
-    return OutlierParameters.from_mapping(given)
+    return parameters_with_file(getattr(args, "config", None), given)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -104,16 +225,122 @@ def _setup_logging(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def _run(args: argparse.Namespace) -> int:
-    from outlier_dask.api import detect_outliers
+def profile_table(timings: dict[str, float]) -> str:
+    """The per-stage wall times of a run as an aligned text table (``--profile``)."""
+    total = timings.get("total", sum(timings.values()))
+    rows = [(_STAGE_NAMES.get(k, k), v) for k, v in timings.items() if k != "total"]
+    other = total - sum(v for _, v in rows)
+    if other > 0.0005:
+        rows.append(("other", other))
+    lines = [f"{'stage':<12}{'seconds':>10}{'share':>8}"]
+    for name, seconds in rows + [("total", total)]:
+        share = f"{100 * seconds / total:.0f}%" if total > 0 else "-"
+        lines.append(f"{name:<12}{seconds:>10.2f}{share:>8}")
+    lines.append("(other: scheduler start and stop, scratch folder, report)")
+    return "\n".join(lines)
 
-    params = _parameters(args)
-    result = detect_outliers(args.inputs, parameters=params)
+
+def _print_result(result: Any, profile: bool) -> None:
     total = sum(result.flagged.values())
     print(f"{result.status}: {total} pixels flagged in {len(result.flagged)} inputs")
     for path in result.outputs:
         print(f"  wrote {path}")
+    for extra in (result.report_path, result.plot_path):
+        if extra is not None:
+            print(f"  wrote {extra}")
+    if profile:
+        print(profile_table(result.timings))
+
+
+def _progress(args: argparse.Namespace) -> str:
+    return "off" if args.quiet else "auto"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from outlier_dask.api import detect_outliers
+
+    params = _parameters(args)
+    result = detect_outliers(
+        args.inputs, parameters=params, progress=_progress(args), plot=args.plot
+    )
+    _print_result(result, args.profile)
     return EXIT_OK
+
+
+def _info(args: argparse.Namespace) -> int:
+    from outlier_dask.api import _resolve_inputs
+    from outlier_dask.engine.plan import make_plan
+
+    params = _parameters(args)
+    product, members, _ = _resolve_inputs(args.inputs)
+    if len(members) < 2:
+        print(f"{len(members)} input: outlier detection would be skipped (it needs two)")
+        return EXIT_OK
+    plan = make_plan(members, product, params)
+    print(describe_plan(plan, params))
+    return EXIT_OK
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def describe_plan(plan: Any, params: OutlierParameters) -> str:
+    """What ``outlier-dask info`` prints: inputs, groups, grid, tiles, blocks, estimates."""
+    from outlier_dask.engine.estimate import estimate_resources, python_processes
+    from outlier_dask.engine.plan import tile_ranges
+    from outlier_dask.report import _pixel_scale_arcsec
+    from outlier_dask.runtime.schedulers import default_workers
+
+    ny, nx = plan.grid_shape
+    lines = [
+        f"product: {plan.product_name}",
+        f"inputs: {len(plan.members)} in {plan.n_groups} group(s)",
+    ]
+    for group in plan.groups:
+        (y0, y1), (x0, x1) = group.region
+        lines.append(
+            f"  group {group.group_id}: {len(group.members)} member(s), region "
+            f"{y1 - y0} x {x1 - x0} px at (y, x) = ({y0}, {x0})"
+        )
+        for i in group.members:
+            member = plan.members[i]
+            lines.append(f"    {member.name}  {member.shape[0]} x {member.shape[1]} px")
+    scale = _pixel_scale_arcsec(plan.grid_wcs, plan.grid_shape)
+    if scale is None:
+        lines.append(f"median grid: {ny} x {nx} px, the inputs' own frame (resample_data=False)")
+    else:
+        lines.append(f"median grid: {ny} x {nx} px, {scale:.4f} arcsec/px")
+    ty, tx = plan.tile_shape
+    n_tiles = len(tile_ranges(ny, ty)) * len(tile_ranges(nx, tx))
+    lines.append(f"tiles: {n_tiles} of up to {ty} x {tx} px")
+    lines.append(
+        f"blocks: {len(plan.blocks)} of up to {params.block_size} x {params.block_size} input "
+        f"px ({len(plan.blocks) / len(plan.members):.1f} per input)"
+    )
+    workers = 1 if params.scheduler == "synchronous" else params.n_workers or default_workers()
+    processes = python_processes(params.scheduler, workers)
+    lines.append(f"workers: {workers} ({params.scheduler}; {processes} Python process(es))")
+    lines.append("estimated needs (rough, within a factor of about 2):")
+    for in_memory in (True, False):
+        estimate = estimate_resources(
+            plan,
+            in_memory=in_memory,
+            n_workers=workers,
+            processes=processes,
+            keep_intermediate=params.save_intermediate_results,
+        )
+        chosen = "  <- chosen" if in_memory == params.in_memory else ""
+        lines.append(
+            f"  in_memory={in_memory}: peak memory {_bytes(estimate.peak_memory)}, scratch "
+            f"disk {_bytes(estimate.scratch_disk)}{chosen}"
+        )
+        parts = ", ".join(f"{name} {_bytes(size)}" for name, size in estimate.parts.items())
+        lines.append(f"    ({parts})")
+    return "\n".join(lines)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -121,9 +348,22 @@ def _demo(args: argparse.Namespace) -> int:
 
     params = _parameters(args)
     work = Path(params.work_dir) if params.work_dir else Path(tempfile.mkdtemp(prefix="od-demo-"))
-    report = run_demo(work, size=args.size, seed=args.seed, parameters=params)
-    print(report)
+    outcome = run_demo(
+        work,
+        size=args.size,
+        seed=args.seed,
+        parameters=params,
+        progress=_progress(args),
+        plot=args.plot,
+    )
+    print(outcome.summary)
+    if args.profile:
+        print(profile_table(outcome.result.timings))
     return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,19 +371,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    commands = {"run": _run, "info": _info, "demo": _demo}
     try:
-        return _run(args) if args.command == "run" else _demo(args)
-    except ParameterError as exc:
-        print(f"outlier-dask: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"outlier-dask: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("outlier-dask: interrupted", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - every failure ends with one line, not a traceback
+        status, message = _status_and_message(exc)
+        if args.debug:
+            traceback.print_exception(exc)
+        elif status == EXIT_FAILURE and not isinstance(exc, ValueError | OSError):
+            message += " (--debug shows the traceback)"
+        print(f"outlier-dask: error: {message}", file=sys.stderr)
+        return status
+
+
+def _status_and_message(exc: Exception) -> tuple[int, str]:
+    """Exit status and one-line message of a failure."""
+    if isinstance(exc, ParameterError):
+        return EXIT_USAGE, _one_line(exc)
+    if isinstance(exc, ValueError | OSError):
+        # Ours name the file, input or parameter; so do the OSErrors of opening files.
+        return EXIT_FAILURE, _one_line(exc)
+    return EXIT_FAILURE, f"{type(exc).__name__}: {_one_line(exc)}"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from stdatamodels.jwst import datamodels
@@ -11,7 +13,7 @@ from stdatamodels.jwst import datamodels
 from outlier_dask.kernels.dq import OUTLIER
 from outlier_dask.parameters import OutlierParameters
 
-__all__ = ["DEMO_SIZES", "run_demo", "score_flags"]
+__all__ = ["DEMO_SIZES", "DemoOutcome", "run_demo", "score_flags"]
 
 DEMO_SIZES = {
     "small": {"n_exposures": 4, "n_detectors": 2, "detector_shape": (512, 512)},
@@ -28,19 +30,57 @@ def score_flags(flagged: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     )
 
 
+@dataclass
+class DemoOutcome:
+    """What the demo found.
+
+    Attributes
+    ----------
+    summary : str
+        A short report: inputs, time, recall and precision of the OUTLIER flags.
+    recall, precision : float
+        Of the OUTLIER flags against the injected cosmic-ray pixels.
+    result : OutlierResult
+        The run (outputs, report, timings).
+    """
+
+    summary: str
+    recall: float
+    precision: float
+    result: Any
+
+    def __str__(self) -> str:
+        return self.summary
+
+
 def run_demo(
     work_dir: Path,
     *,
     size: str = "small",
     seed: int = 0,
     parameters: OutlierParameters | None = None,
-) -> str:
-    """Make a synthetic association in ``work_dir``, flag it, and describe the result.
+    progress: bool | str = "auto",
+    plot: bool = False,
+) -> DemoOutcome:
+    """Make a synthetic association in ``work_dir``, flag it, and score the flags.
+
+    Parameters
+    ----------
+    work_dir : Path
+        The association goes to ``work_dir/data``, the products (unless ``output_dir`` is
+        set) to ``work_dir/products``.
+    size : {"small", "medium"}
+        ``DEMO_SIZES`` entry.
+    seed : int
+        Seed of the synthetic data.
+    parameters : OutlierParameters, optional
+        Parameters of the run.
+    progress, plot
+        As for :func:`~outlier_dask.detect_outliers`.
 
     Returns
     -------
-    str
-        A short report: inputs, time, recall and precision of the OUTLIER flags.
+    DemoOutcome
     """
     from outlier_dask.api import detect_outliers
     from outlier_dask.synthetic import write_association
@@ -52,7 +92,7 @@ def run_demo(
     asn = write_association(work_dir / "data", seed=seed, **DEMO_SIZES[size])
     made = time.perf_counter() - started
     started = time.perf_counter()
-    result = detect_outliers(asn.asn_path, parameters=params)
+    result = detect_outliers(asn.asn_path, parameters=params, progress=progress, plot=plot)
     took = time.perf_counter() - started
     tp = fp = fn = 0
     for path in result.outputs:
@@ -70,4 +110,4 @@ def run_demo(
         f"precision {precision:.3f}  ({fp} flagged pixels are not injected cosmic rays)",
         f"products in {params.output_dir}",
     ]
-    return "\n".join(lines)
+    return DemoOutcome("\n".join(lines), recall, precision, result)

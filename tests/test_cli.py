@@ -152,3 +152,174 @@ def test_demo_command_scores_against_truth(tmp_path):
     precision = float(completed.stdout.split("precision")[1].split()[0])
     assert recall > 0.6
     assert precision > 0.5
+
+
+def test_options_before_or_after_the_command():
+    before = _parser().parse_args(["-q", "--debug", "run", "x_asn.json"])
+    after = _parser().parse_args(["run", "x_asn.json", "-q", "-v", "--debug"])
+    neither = _parser().parse_args(["run", "x_asn.json"])
+    assert (before.quiet, before.debug, before.verbose) == (True, True, 0)
+    assert (after.quiet, after.debug, after.verbose) == (True, True, 1)
+    assert (neither.quiet, neither.debug, neither.verbose) == (False, False, 0)
+
+
+def test_help_gives_units_and_readable_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--config", "--profile", "--plot", "--quiet", "--output-dir", "--work-dir"):
+        assert option in text
+    assert "in SCI units (default: 0.0)" in text
+    assert "output pixels (0: evaluate the WCS at every pixel) (default: 0.0001)" in text
+    assert "(default: CPUs available)" in text
+    assert "(default: system temporary folder)" in text
+    assert "(default: None)" not in text
+
+
+def test_every_parameter_has_help():
+    from dataclasses import fields
+
+    from outlier_dask.cli import PARAMETER_HELP
+    from outlier_dask.parameters import OutlierParameters
+
+    assert set(PARAMETER_HELP) == {f.name for f in fields(OutlierParameters) if f.init}
+
+
+def test_config_file_with_command_line_override(tmp_path):
+    config = tmp_path / "pars.yaml"
+    config.write_text("snr: 6.0 3.0\nkernel: point\n")
+    params = _params(["run", "x_asn.json", "--config", str(config), "--kernel", "turbo"])
+    assert params.snr_pair == (6.0, 3.0)
+    assert params.kernel == "turbo"
+
+
+def test_unknown_key_in_config_is_a_usage_error(tmp_path, capsys):
+    config = tmp_path / "pars.yaml"
+    config.write_text("snr: 6.0 3.0\nthreshold: 3\n")
+    status = main(["run", "x_asn.json", "--config", str(config)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err == f"outlier-dask: error: {config}: threshold: not a parameter of outlier detection"
+
+
+def test_profile_report_and_plot(association, tmp_path, capsys):
+    status = main(
+        [
+            "run",
+            str(association.asn_path),
+            "-q",
+            "--output-dir",
+            str(tmp_path),
+            "--scheduler",
+            "threads",
+            "--profile",
+            "--plot",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert (tmp_path / "synth_outlier_report.json").is_file()
+    assert (tmp_path / "synth_outlier_report.png").is_file()
+    assert f"wrote {tmp_path / 'synth_outlier_report.json'}" in out
+    table = out[out.index("stage") :].splitlines()
+    names = [line.split()[0] for line in table[1:-1]]
+    assert names[:5] == ["plan", "drizzle", "median", "blot+flag", "write"]
+    assert names[-1] == "total"
+    seconds = {line.split()[0]: float(line.split()[1]) for line in table[1:-1]}
+    assert seconds["total"] == pytest.approx(
+        sum(v for k, v in seconds.items() if k != "total"), abs=0.03
+    )
+
+
+def test_info_shows_the_plan_without_running(association, tmp_path, capsys):
+    status = main(["info", str(association.asn_path), "--n-workers", "3", "--tile-size", "64"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "inputs: 3 in 3 group(s)" in out
+    for cal in association.cal_paths:
+        assert f"{cal.name}  96 x 96 px" in out
+    assert "arcsec/px" in out
+    assert "tiles: " in out
+    assert "of up to 64 x 64 px" in out
+    assert "blocks: 3 of up to 1024 x 1024 input px" in out
+    assert "workers: 3 (processes; 4 Python process(es))" in out
+    assert "in_memory=True: peak memory" in out
+    assert "in_memory=False: peak memory" in out
+    assert not list(association.cal_paths[0].parent.glob("*_crf.fits"))
+
+
+def test_estimates_follow_the_plan(association):
+    from outlier_dask.api import _resolve_inputs
+    from outlier_dask.engine.estimate import PROCESS_BASELINE, estimate_resources
+    from outlier_dask.engine.plan import make_plan
+    from outlier_dask.parameters import OutlierParameters
+
+    product, members, _ = _resolve_inputs(association.asn_path)
+    plan = make_plan(members, product, OutlierParameters())
+    memory = estimate_resources(plan, in_memory=True, n_workers=2)
+    disk = estimate_resources(plan, in_memory=False, n_workers=2)
+    ny, nx = plan.grid_shape
+    assert memory.scratch_disk == 0
+    assert disk.scratch_disk >= 4 * ny * nx  # at least the median
+    assert disk.peak_memory < memory.peak_memory
+    assert memory.peak_memory == sum(memory.parts.values())
+    assert memory.parts["masked stack"] == 4 * plan.n_groups * ny * nx
+    more = estimate_resources(plan, in_memory=True, n_workers=4, processes=5)
+    assert more.peak_memory - memory.peak_memory >= 2 * PROCESS_BASELINE
+    kept = estimate_resources(plan, in_memory=False, n_workers=2, keep_intermediate=True)
+    assert kept.peak_memory - disk.peak_memory >= 4 * ny * nx + 4 * 3 * 96 * 96
+
+
+def test_scratch_estimate_bounds_the_store(association, tmp_path):
+    from outlier_dask.api import _resolve_inputs
+    from outlier_dask.engine.estimate import estimate_resources
+    from outlier_dask.engine.plan import make_plan
+    from outlier_dask.engine.run import run_plan
+    from outlier_dask.engine.stores import ScratchStore
+    from outlier_dask.parameters import OutlierParameters
+    from outlier_dask.runtime.schedulers import start_runner
+
+    params = OutlierParameters(in_memory=False, tile_size=32, scheduler="synchronous")
+    product, members, _ = _resolve_inputs(association.asn_path)
+    plan = make_plan(members, product, params)
+    store = ScratchStore(str(tmp_path / "s.zarr"))
+    with start_runner(params) as runner:
+        run_plan(plan, params, runner, store)
+    used = sum(p.stat().st_size for p in (tmp_path / "s.zarr").rglob("*") if p.is_file())
+    estimate = estimate_resources(plan, in_memory=False, n_workers=1).scratch_disk
+    # Uncompressed chunks of the tiles groups touch: an upper bound, and not a loose one for
+    # noisy data that compresses little.
+    assert 0.3 * estimate < used <= estimate
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(
+    association, tmp_path, capsys, monkeypatch
+):
+    import outlier_dask.api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("worker lost\nwhile writing")
+
+    monkeypatch.setattr(outlier_dask.api, "detect_outliers", broken)
+    argv = ["run", str(association.asn_path), "--output-dir", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "outlier-dask: error: RuntimeError: worker lost while writing "
+        "(--debug shows the traceback)\n"
+    )
+    assert main(["--debug", *argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.rstrip().endswith("outlier-dask: error: RuntimeError: worker lost while writing")
+
+
+def test_bad_progress_free_quiet_run_prints_no_bar(association, tmp_path, capsys):
+    status = main(
+        ["run", str(association.asn_path), "-q", "--output-dir", str(tmp_path)]
+        + ["--scheduler", "synchronous"]
+    )
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "\r" not in captured.err
+    assert "done in" not in captured.err

@@ -62,10 +62,12 @@ class EngineResult:
         Blotted median per member (kept only when intermediate results are wanted).
     thresholds : list of float
         Weight threshold per group.
-    median_coverage : ndarray, (ny, nx) bool, or None
-        Where the median is finite.
     timings : dict of str to float
         Wall seconds per stage.
+    valid_pixels : list of int
+        Per member, pixels with a finite SCI.
+    covered_pixels : list of int
+        Per member, pixels where the blotted median is finite (the median reaches them).
     """
 
     masks: list[np.ndarray]
@@ -74,6 +76,8 @@ class EngineResult:
     blots: list[np.ndarray] | None
     thresholds: list[float]
     timings: dict[str, float] = field(default_factory=dict)
+    valid_pixels: list[int] = field(default_factory=list)
+    covered_pixels: list[int] = field(default_factory=list)
 
 
 def _task_info(plan: Plan, index: int, source=None) -> MemberTaskInfo:
@@ -141,8 +145,13 @@ def run_plan(
     params: OutlierParameters,
     runner: Runner,
     store: ScratchStore | None = None,
+    *,
+    keep_median: bool = False,
 ) -> EngineResult:
-    """Run all stages of ``plan``; ``store`` is required when ``params.in_memory`` is False."""
+    """Run all stages of ``plan``; ``store`` is required when ``params.in_memory`` is False.
+
+    ``keep_median`` returns the median even without ``save_intermediate_results`` (for plots).
+    """
     timings: dict[str, float] = {}
     keep = params.save_intermediate_results
     fill = fill_of(params)
@@ -203,11 +212,18 @@ def run_plan(
     timings["blot_flag"] = time.perf_counter() - start
     log.info("stage blot+flag: %d blocks in %.1f s", len(results), timings["blot_flag"])
 
-    if keep and median is None:
+    keep_median = keep or keep_median
+    if keep_median and median is None:
         median = np.asarray(store.array("median")[...])
     if keep and mosaics is None:
         mosaics = _mosaics_from_store(plan, store, thresholds)
-    return EngineResult(masks, median if keep else None, mosaics, blots, thresholds, timings)
+    valid, covered = [0] * len(plan.members), [0] * len(plan.members)
+    for r in results:
+        valid[r.block.member] += r.n_valid
+        covered[r.block.member] += r.n_covered
+    return EngineResult(
+        masks, median if keep_median else None, mosaics, blots, thresholds, timings, valid, covered
+    )
 
 
 def _assemble_blocks(

@@ -150,11 +150,17 @@ def median_of_tile(stack: np.ndarray) -> np.ndarray:
 
 @dataclass
 class BlockResult:
-    """Outcome of one block: the outlier mask of its inner pixels, and optionally the blot."""
+    """Outcome of one block: the outlier mask of its inner pixels, and optionally the blot.
+
+    ``n_valid`` and ``n_covered`` count the inner pixels with a finite SCI and with a finite
+    blotted median (for the run report).
+    """
 
     block: BlockPlan
     mask: np.ndarray
     blot: np.ndarray | None
+    n_valid: int = 0
+    n_covered: int = 0
 
 
 def blot_and_flag_block(
@@ -210,7 +216,9 @@ def blot_and_flag_block(
     else:
         mask = flag_unresampled_outliers(sci, err, reference, snr1=params.snr_pair[0])
     blot = reference[inner].copy() if keep_blot else None
-    return BlockResult(block, mask[inner].copy(), blot)
+    n_valid = int(np.count_nonzero(np.isfinite(sci[inner])))
+    n_covered = int(np.count_nonzero(np.isfinite(reference[inner])))
+    return BlockResult(block, mask[inner].copy(), blot, n_valid, n_covered)
 
 
 def fill_of(params: OutlierParameters) -> float:
