@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import dask
 import dask.array as da
@@ -28,12 +30,13 @@ from dask.base import tokenize
 from outlier_dask.engine.plan import Plan, tile_ranges
 from outlier_dask.engine.stores import ScratchStore, read_window, write_region
 from outlier_dask.engine.tasks import (
-    BlockResult,
     GroupMosaic,
+    MemberOutcome,
     MemberTaskInfo,
     blot_and_flag_block,
     build_group_mosaic,
     fill_of,
+    finish_member,
     median_of_tile,
     tile_of_region,
 )
@@ -52,8 +55,8 @@ class EngineResult:
 
     Attributes
     ----------
-    masks : list of ndarray, each (ny, nx) bool
-        Outlier mask per member, in member order.
+    masks : list of (ndarray, (ny, nx) bool, or None)
+        Outlier mask per member, in member order (None where a writer consumed it).
     median : ndarray, (ny, nx) float32, or None
         The median (kept only when intermediate results are wanted).
     mosaics : list of GroupMosaic or None
@@ -68,9 +71,11 @@ class EngineResult:
         Per member, pixels with a finite SCI.
     covered_pixels : list of int
         Per member, pixels where the blotted median is finite (the median reaches them).
+    flagged : list of int
+        Per member, pixels flagged as outliers.
     """
 
-    masks: list[np.ndarray]
+    masks: list[np.ndarray | None]
     median: np.ndarray | None
     mosaics: list[GroupMosaic] | None
     blots: list[np.ndarray] | None
@@ -78,6 +83,7 @@ class EngineResult:
     timings: dict[str, float] = field(default_factory=dict)
     valid_pixels: list[int] = field(default_factory=list)
     covered_pixels: list[int] = field(default_factory=list)
+    flagged: list[int] = field(default_factory=list)
 
 
 def _task_info(plan: Plan, index: int, source=None) -> MemberTaskInfo:
@@ -146,11 +152,21 @@ def run_plan(
     runner: Runner,
     store: ScratchStore | None = None,
     *,
+    writers: list[Callable[[np.ndarray], Any]] | None = None,
     keep_median: bool = False,
+    keep_masks: bool = False,
 ) -> EngineResult:
     """Run all stages of ``plan``; ``store`` is required when ``params.in_memory`` is False.
 
-    ``keep_median`` returns the median even without ``save_intermediate_results`` (for plots).
+    Parameters
+    ----------
+    writers : list of callables, optional
+        Per member, ``writer(mask)`` run in a worker once the member's mask is complete (it
+        writes the product). Without writers the masks are returned.
+    keep_median : bool
+        Return the median even without ``save_intermediate_results`` (for plots).
+    keep_masks : bool
+        Return the masks even when writers consume them.
     """
     timings: dict[str, float] = {}
     keep = params.save_intermediate_results
@@ -193,7 +209,7 @@ def run_plan(
     log.info("stage median: %d x %d in %.1f s", *plan.grid_shape, timings["median"])
 
     start = time.perf_counter()
-    block_tasks = []
+    blocks_by_member: list[list] = [[] for _ in plan.members]
     for block in plan.blocks:
         if block.cutout is None:
             cutout = None
@@ -202,41 +218,50 @@ def run_plan(
             cutout = median[y0:y1, x0:x1].copy()
         else:
             cutout = dask.delayed(read_window)(store, "median", block.cutout)
-        block_tasks.append(
+        blocks_by_member[block.member].append(
             dask.delayed(blot_and_flag_block)(
                 block, infos[block.member], cutout, plan.grid_shape, params, keep
             )
         )
-    results: list[BlockResult] = list(runner.compute(*block_tasks, stage="blot+flag"))
-    masks, blots = _assemble_blocks(plan, results, keep)
+    # Each input's blocks feed one task that assembles its mask and, for file inputs, writes
+    # its product, so masks never gather in this process (only what callers ask to keep).
+    finish = [
+        dask.delayed(finish_member)(
+            plan.members[i].shape,
+            blocks,
+            writers[i] if writers else None,
+            keep_masks or not writers,
+            keep,
+        )
+        for i, blocks in enumerate(blocks_by_member)
+    ]
+    outcomes: list[MemberOutcome] = list(runner.compute(*finish, stage="blot+flag"))
     timings["blot_flag"] = time.perf_counter() - start
-    log.info("stage blot+flag: %d blocks in %.1f s", len(results), timings["blot_flag"])
+    # Products are written inside the per-input tasks: report the task-seconds spent writing.
+    timings["write"] = sum(o.write_seconds for o in outcomes)
+    log.info(
+        "stage blot+flag+write: %d blocks in %.1f s (%.1f task-seconds writing)",
+        len(plan.blocks),
+        timings["blot_flag"],
+        timings["write"],
+    )
 
     keep_median = keep or keep_median
     if keep_median and median is None:
         median = np.asarray(store.array("median")[...])
     if keep and mosaics is None:
         mosaics = _mosaics_from_store(plan, store, thresholds)
-    valid, covered = [0] * len(plan.members), [0] * len(plan.members)
-    for r in results:
-        valid[r.block.member] += r.n_valid
-        covered[r.block.member] += r.n_covered
     return EngineResult(
-        masks, median if keep_median else None, mosaics, blots, thresholds, timings, valid, covered
+        masks=[o.mask for o in outcomes],
+        median=median if keep_median else None,
+        mosaics=mosaics,
+        blots=[o.blot for o in outcomes] if keep else None,
+        thresholds=thresholds,
+        timings=timings,
+        valid_pixels=[o.valid for o in outcomes],
+        covered_pixels=[o.covered for o in outcomes],
+        flagged=[o.flagged for o in outcomes],
     )
-
-
-def _assemble_blocks(
-    plan: Plan, results: list[BlockResult], keep: bool
-) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    masks = [np.zeros(m.shape, dtype=bool) for m in plan.members]
-    blots = [np.full(m.shape, np.nan, dtype=np.float32) for m in plan.members] if keep else None
-    for result in results:
-        (r0, r1), (c0, c1) = result.block.inner
-        masks[result.block.member][r0:r1, c0:c1] = result.mask
-        if keep:
-            blots[result.block.member][r0:r1, c0:c1] = result.blot
-    return masks, blots
 
 
 def _mosaics_from_store(

@@ -6,7 +6,10 @@ They are top-level functions of plain, picklable arguments, so process workers a
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +31,9 @@ __all__ = [
     "GroupMosaic",
     "MemberTaskInfo",
     "blot_and_flag_block",
+    "MemberOutcome",
     "build_group_mosaic",
+    "finish_member",
     "median_of_tile",
     "tile_of_region",
 ]
@@ -84,6 +89,23 @@ def _weights(info: MemberTaskInfo, params: OutlierParameters, window: Window | N
     )
 
 
+def _drizzle_inputs(
+    infos: list[MemberTaskInfo], params: OutlierParameters
+) -> Iterator[DrizzleInput]:
+    """Members read one at a time, so a group task holds one input's arrays at once."""
+    for info in infos:
+        sci = info.source.read("SCI")
+        if info.background_level is not None:
+            sci -= np.float32(info.background_level)
+        ny, nx = info.shape
+        yield DrizzleInput(
+            data=sci,
+            weight=_weights(info, params),
+            pixmap=info.pixel_map.evaluate((0, ny), (0, nx)),
+            exposure_time=info.exposure_time,
+        )
+
+
 def build_group_mosaic(
     group: GroupPlan, infos: list[MemberTaskInfo], params: OutlierParameters
 ) -> GroupMosaic:
@@ -98,22 +120,8 @@ def build_group_mosaic(
         data = info.source.read("SCI")
         weight = _weights(info, params)
     else:
-        inputs = []
-        for info in infos:
-            sci = info.source.read("SCI")
-            if info.background_level is not None:
-                sci = sci - np.float32(info.background_level)
-            ny, nx = info.shape
-            inputs.append(
-                DrizzleInput(
-                    data=sci,
-                    weight=_weights(info, params),
-                    pixmap=info.pixel_map.evaluate((0, ny), (0, nx)),
-                    exposure_time=info.exposure_time,
-                )
-            )
         data, weight = drizzle_onto_region(
-            inputs,
+            _drizzle_inputs(infos, params),
             (y0, x0),
             (y1 - y0, x1 - x0),
             kernel=params.kernel,
@@ -219,6 +227,56 @@ def blot_and_flag_block(
     n_valid = int(np.count_nonzero(np.isfinite(sci[inner])))
     n_covered = int(np.count_nonzero(np.isfinite(reference[inner])))
     return BlockResult(block, mask[inner].copy(), blot, n_valid, n_covered)
+
+
+@dataclass
+class MemberOutcome:
+    """One input's result: counts for the report, and the mask and blot if kept.
+
+    Attributes
+    ----------
+    flagged, valid, covered : int
+        Pixels flagged; pixels with finite SCI; pixels where the blotted median is finite.
+    mask : ndarray, (ny, nx) bool, or None
+    blot : ndarray, (ny, nx) float32, or None
+    write_seconds : float
+        Time the writer took (0 without one).
+    """
+
+    flagged: int
+    valid: int
+    covered: int
+    mask: np.ndarray | None
+    blot: np.ndarray | None
+    write_seconds: float = 0.0
+
+
+def finish_member(
+    shape: tuple[int, int],
+    results: list[BlockResult],
+    writer: Callable[[np.ndarray], Any] | None,
+    keep_mask: bool,
+    keep_blot: bool,
+) -> MemberOutcome:
+    """Assemble one input's blocks into its mask (and blot), hand the mask to ``writer``."""
+    mask = np.zeros(shape, dtype=bool)
+    blot = np.full(shape, np.nan, dtype=np.float32) if keep_blot else None
+    for result in results:
+        (r0, r1), (c0, c1) = result.block.inner
+        mask[r0:r1, c0:c1] = result.mask
+        if blot is not None:
+            blot[r0:r1, c0:c1] = result.blot
+    started = time.perf_counter()
+    if writer is not None:
+        writer(mask)
+    return MemberOutcome(
+        flagged=int(np.count_nonzero(mask)),
+        valid=sum(r.n_valid for r in results),
+        covered=sum(r.n_covered for r in results),
+        mask=mask if keep_mask else None,
+        blot=blot,
+        write_seconds=time.perf_counter() - started if writer is not None else 0.0,
+    )
 
 
 def fill_of(params: OutlierParameters) -> float:

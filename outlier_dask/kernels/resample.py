@@ -14,7 +14,7 @@ as the reference's full grid does, which gives the reference's values exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,8 @@ class DrizzleInput:
         Drizzle weight per input pixel (0 where unusable).
     pixmap : ndarray, shape (wy, wx, 2), float64
         Output-grid position (x, y) of each input pixel centre, 0-based, in the frame of the
-        whole output grid (not yet shifted to the tile).
+        whole output grid. Consumed: :func:`drizzle_onto_region` shifts it in place to the
+        region's frame rather than holding a second copy.
     exposure_time : float
         Exposure time in seconds (> 0); bookkeeping only, as data are in rate units.
     """
@@ -47,7 +48,7 @@ class DrizzleInput:
 
 
 def drizzle_onto_region(
-    inputs: Sequence[DrizzleInput],
+    inputs: Iterable[DrizzleInput],
     region_origin: tuple[int, int],
     region_shape: tuple[int, int],
     *,
@@ -59,9 +60,10 @@ def drizzle_onto_region(
 
     Parameters
     ----------
-    inputs : sequence of DrizzleInput
-        The members of one exposure group, in group order; each member's whole outline must
-        lie inside the region, except where the region ends at the output grid's edge.
+    inputs : iterable of DrizzleInput
+        The members of one exposure group, in group order (an iterator lets the caller load
+        them one at a time); each member's whole outline must lie inside the region, except
+        where the region ends at the output grid's edge.
     region_origin : (int, int)
         ``(y0, x0)`` of the region's first pixel in the output grid.
     region_shape : (int, int)
@@ -76,23 +78,27 @@ def drizzle_onto_region(
     weight : ndarray, shape (ry, rx), float32
         Summed drizzle weight per output pixel.
     """
-    if not inputs:
-        return (
-            np.full(region_shape, fill_value_number(fillval), dtype=np.float32),
-            np.zeros(region_shape, dtype=np.float32),
-        )
     y0, x0 = region_origin
     driz = Drizzle(kernel=kernel, fillval=fillval, out_shape=region_shape, disable_ctx=True)
     # Subtracting an integer origin from positions that lie near it is exact in float64.
     shift = np.array([x0, y0], dtype=np.float64)
+    added = 0
     for item in inputs:
+        pixmap = item.pixmap
+        pixmap -= shift
         driz.add_image(
             item.data,
             exptime=item.exposure_time,
-            pixmap=item.pixmap - shift,
+            pixmap=pixmap,
             weight_map=item.weight,
             pixfrac=pixfrac,
             in_units="cps",
+        )
+        added += 1
+    if not added:
+        return (
+            np.full(region_shape, fill_value_number(fillval), dtype=np.float32),
+            np.zeros(region_shape, dtype=np.float32),
         )
     return driz.out_img, driz.out_wht
 
