@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from outlier_dask.engine.plan import Plan, Window, tile_ranges
 
-__all__ = ["ResourceEstimate", "estimate_resources", "python_processes"]
+__all__ = ["ResourceEstimate", "estimate_resources", "python_processes", "worker_task_sizes"]
 
 FLOAT32 = 4
 #: Memory of one Python process with the engine's libraries imported and a FITS file read
@@ -75,7 +75,7 @@ class ResourceEstimate:
     parts: dict[str, int] = field(default_factory=dict)
 
 
-def _worker_set(plan: Plan, tile_area: int) -> dict[str, int]:
+def worker_task_sizes(plan: Plan, tile_area: int) -> dict[str, int]:
     """Bytes one worker holds in the largest task of each stage."""
     per_px = DRIZZLE_BYTES_PER_INPUT_PX if plan.pixel_maps else COPY_BYTES_PER_INPUT_PX
     pixels = [m.shape[0] * m.shape[1] for m in plan.members]
@@ -164,7 +164,7 @@ def estimate_resources(
     tile_area = min(plan.tile_shape[0], ny) * min(plan.tile_shape[1], nx)
     member_px = sum(m.shape[0] * m.shape[1] for m in plan.members)
     workers = max(1, n_workers)
-    worker = _worker_set(plan, tile_area)
+    worker = worker_task_sizes(plan, tile_area)
     largest = max(worker, key=worker.get)
     n_processes = workers + 1 if processes is None else max(1, processes)
     parts: dict[str, int] = {

@@ -1,0 +1,153 @@
+"""Fitting a run to the memory budget: workers, tile size and where the stack lives.
+
+The user gives one number, ``memory_limit`` (default: half of this machine's memory). From the
+plan's resource estimate (:mod:`outlier_dask.engine.estimate`), this module decides
+
+* ``in_memory`` — kept as asked unless the stack would not fit, then switched to the Zarr
+  store in ``work_dir`` (with a warning);
+* the tile edge — halved until one median task (a tile of every group) is no larger than the
+  other tasks, so many exposures do not make median tasks the peak;
+* the number of workers — as many as asked (default: the CPUs) that fit the budget together
+  with this process;
+* each worker's memory limit (for ``local-cluster``) — its share of what is left.
+
+Tasks whose size the geometry fixes (a group's region for drizzle) cannot shrink; when even
+one worker does not fit, the run goes on with one worker and says how much it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import psutil
+
+from outlier_dask.engine.estimate import (
+    PROCESS_BASELINE,
+    ResourceEstimate,
+    estimate_resources,
+    python_processes,
+    worker_task_sizes,
+)
+from outlier_dask.engine.plan import Plan
+from outlier_dask.parameters import OutlierParameters, parse_memory_size
+from outlier_dask.runtime.schedulers import default_workers
+
+__all__ = ["BudgetDecision", "default_memory_limit", "fit_to_budget"]
+
+log = logging.getLogger(__name__)
+
+#: Share of the machine's physical memory used when no budget is given.
+DEFAULT_MEMORY_FRACTION = 0.5
+#: Smallest tile edge the budget may choose, in pixels (smaller tiles only add overhead).
+MIN_TILE_PX = 256
+#: Median tasks below this many bytes are never worth smaller tiles.
+MEDIAN_TASK_FLOOR = 64 * 2**20
+
+
+def default_memory_limit() -> int:
+    """Bytes: half of this machine's physical memory."""
+    return int(psutil.virtual_memory().total * DEFAULT_MEMORY_FRACTION)
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    """What the budget decided, with the estimate it rests on.
+
+    Attributes
+    ----------
+    memory_limit : int
+        The budget, in bytes.
+    n_workers : int
+        Parallel workers.
+    worker_memory_limit : int
+        Bytes each worker may use (passed to ``LocalCluster`` workers).
+    tile_size : int
+        Tile edge of mosaics and median, pixels.
+    in_memory : bool
+        Whether mosaics and median stay in memory.
+    estimate : ResourceEstimate
+        Estimated peak memory and scratch disk of the chosen setting.
+    notes : tuple of str
+        Changes made to what was asked, in words (also logged).
+    """
+
+    memory_limit: int
+    n_workers: int
+    worker_memory_limit: int
+    tile_size: int
+    in_memory: bool
+    estimate: ResourceEstimate
+    notes: tuple[str, ...] = ()
+
+    def apply(self, plan: Plan, params: OutlierParameters) -> tuple[Plan, OutlierParameters]:
+        """The plan and parameters with these decisions in them."""
+        params = params.replace(
+            n_workers=self.n_workers,
+            tile_size=self.tile_size,
+            in_memory=self.in_memory,
+            memory_limit=str(self.memory_limit),
+        )
+        plan = dataclasses.replace(plan, tile_shape=(self.tile_size, self.tile_size))
+        return plan, params
+
+
+def _estimate(plan: Plan, params: OutlierParameters, in_memory: bool, workers: int):
+    return estimate_resources(
+        plan,
+        in_memory=in_memory,
+        n_workers=workers,
+        processes=python_processes(params.scheduler, workers),
+        keep_intermediate=params.save_intermediate_results,
+    )
+
+
+def _fitting_tile(plan: Plan, tile: int) -> int:
+    """Halve the tile while a median task outweighs the other tasks (and matters at all)."""
+    ny, nx = plan.grid_shape
+    while tile > MIN_TILE_PX:
+        sizes = worker_task_sizes(plan, min(tile, ny) * min(tile, nx))
+        median = sizes.pop("median task")
+        if median <= max(max(sizes.values()), MEDIAN_TASK_FLOOR):
+            break
+        tile //= 2
+    return tile
+
+
+def fit_to_budget(plan: Plan, params: OutlierParameters) -> BudgetDecision:
+    """Choose workers, tile size and ``in_memory`` so the run fits ``params.memory_limit``."""
+    budget = (
+        parse_memory_size(params.memory_limit) if params.memory_limit else default_memory_limit()
+    )
+    notes: list[str] = []
+    wanted = params.n_workers or default_workers()
+    if params.scheduler in ("synchronous",):
+        wanted = 1
+    tile = _fitting_tile(plan, params.tile_size)
+    if tile != params.tile_size:
+        notes.append(f"tiles of {tile} pixels so a median task fits beside the others")
+    plan = dataclasses.replace(plan, tile_shape=(tile, tile))
+    in_memory = params.in_memory
+    if in_memory and _estimate(plan, params, True, 1).peak_memory > budget:
+        in_memory = False
+        needed = _estimate(plan, params, True, 1).peak_memory
+        notes.append(
+            f"mosaics and median kept on disk (in_memory=False): in memory they need "
+            f"~{needed / 2**30:.1f} GiB, above the memory limit of {budget / 2**30:.1f} GiB"
+        )
+    workers = wanted
+    while workers > 1 and _estimate(plan, params, in_memory, workers).peak_memory > budget:
+        workers -= 1
+    estimate = _estimate(plan, params, in_memory, workers)
+    if workers < wanted:
+        notes.append(f"{workers} worker(s) instead of {wanted} to stay within the memory limit")
+    if estimate.peak_memory > budget:
+        notes.append(
+            f"the largest task needs ~{estimate.peak_memory / 2**30:.2f} GiB with one worker, "
+            f"above the memory limit of {budget / 2**30:.2f} GiB; running with one worker"
+        )
+    worker_limit = max(1, (budget - PROCESS_BASELINE) // workers)
+    for note in notes:
+        log.warning("memory budget: %s", note)
+    return BudgetDecision(budget, workers, worker_limit, tile, in_memory, estimate, tuple(notes))

@@ -1,0 +1,89 @@
+"""The memory budget decides workers, tiles and where the stack lives."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+
+from outlier_dask.engine.budget import MIN_TILE_PX, default_memory_limit, fit_to_budget
+from outlier_dask.engine.estimate import estimate_resources
+from outlier_dask.engine.plan import make_plan
+from outlier_dask.io.members import members_from_models
+from outlier_dask.parameters import OutlierParameters
+from outlier_dask.synthetic import make_models
+
+
+@pytest.fixture(scope="module")
+def members():
+    models, _ = make_models(n_exposures=6, n_detectors=2, detector_shape=(256, 256), seed=8)
+    return members_from_models(models)
+
+
+def _decide(members, **values):
+    params = OutlierParameters(**values)
+    return fit_to_budget(make_plan(members, "budget", params), params)
+
+
+def test_ample_budget_keeps_what_was_asked(members):
+    decision = _decide(members, memory_limit="64GiB", n_workers=2)
+    assert decision.in_memory is True
+    assert decision.n_workers == 2
+    assert decision.tile_size == 1024
+    assert decision.notes == ()
+    assert decision.estimate.peak_memory <= decision.memory_limit
+
+
+def test_small_budget_moves_the_stack_to_disk_and_drops_workers(members, caplog):
+    params = OutlierParameters(n_workers=2)
+    plan = make_plan(members, "budget", params)
+
+    def peak(in_memory, workers):
+        return estimate_resources(
+            plan, in_memory=in_memory, n_workers=workers, processes=workers + 1
+        ).peak_memory
+
+    limit = peak(False, 1)
+    assert limit < peak(True, 1)
+    assert limit < peak(False, 2)
+    with caplog.at_level(logging.WARNING, logger="outlier_dask.engine.budget"):
+        decision = _decide(members, memory_limit=limit, n_workers=2)
+    assert decision.in_memory is False
+    assert decision.n_workers == 1
+    assert decision.estimate.peak_memory <= limit
+    assert "kept on disk" in caplog.text
+    assert "1 worker(s) instead of 2" in caplog.text
+
+
+def test_budget_below_one_task_runs_with_one_worker_and_says_so(members):
+    decision = _decide(members, memory_limit="1MB", n_workers=2)
+    assert decision.n_workers == 1
+    assert any("the largest task needs" in note for note in decision.notes)
+
+
+def test_many_groups_shrink_median_tiles():
+    models, _ = make_models(n_exposures=40, n_detectors=1, detector_shape=(64, 64), seed=1)
+    members = members_from_models(models)
+    params = OutlierParameters(tile_size=4096, memory_limit="64GiB")
+    plan = make_plan(members, "many", params)
+    # A grid of this many groups as large as NIRCam's makes 4096-pixel median tiles heavy.
+    plan = dataclasses.replace(plan, grid_shape=(8192, 8192))
+    decision = fit_to_budget(plan, params)
+    assert MIN_TILE_PX <= decision.tile_size < 4096
+
+
+def test_default_budget_is_half_the_machine():
+    import psutil
+
+    assert default_memory_limit() == int(psutil.virtual_memory().total * 0.5)
+
+
+def test_decision_is_applied_to_plan_and_parameters(members):
+    params = OutlierParameters(memory_limit="1MB", n_workers=2, tile_size=2048)
+    plan = make_plan(members, "budget", params)
+    decision = fit_to_budget(plan, params)
+    plan2, params2 = decision.apply(plan, params)
+    assert params2.n_workers == decision.n_workers == 1
+    assert params2.in_memory is False
+    assert plan2.tile_shape == (decision.tile_size, decision.tile_size)
