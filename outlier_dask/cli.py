@@ -236,7 +236,10 @@ def profile_table(timings: dict[str, float]) -> str:
     for name, seconds in rows + [("total", total)]:
         share = f"{100 * seconds / total:.0f}%" if total > 0 else "-"
         lines.append(f"{name:<12}{seconds:>10.2f}{share:>8}")
-    lines.append("(other: scheduler start and stop, scratch folder, report)")
+    if other > 0.0005:
+        lines.append("(other: scheduler start and stop, scratch folder, report)")
+    elif other < -0.0005:
+        lines.append("(stages overlap: some are summed over tasks that ran in parallel)")
     return "\n".join(lines)
 
 

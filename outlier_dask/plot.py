@@ -2,9 +2,10 @@
 
 Needs matplotlib (``pip install "outlier-dask[plot]"``). The figure has two panels:
 
-- left: the median on the output grid (asinh stretch between the 1st and 99.8th percentiles of
-  its finite values, greyscale, with a colour bar), and the position of every flagged pixel of
-  every input mapped onto the grid through the plan's pixel maps, coloured by exposure group;
+- left: the median on the output grid (asinh stretch between the 0.6th and 99.4th percentiles
+  of its finite values, greyscale, with a colour bar; decimated to the figure's resolution),
+  and every flagged pixel of every input mapped onto the grid through the plan's pixel maps,
+  drawn as the displayed pixel that holds it, coloured by exposure group;
 - right: the fraction of each input's valid pixels that were flagged, one bar per input.
 """
 
@@ -20,10 +21,8 @@ from outlier_dask.io.outputs import atomic_path
 
 __all__ = ["flagged_positions", "plot_path", "write_plot"]
 
-#: Median pixels shown along each axis at most (the image is decimated beyond).
-MAX_IMAGE_PX = 2000
-#: Flagged pixels drawn at most (an even subsample beyond, said in the legend).
-MAX_POINTS = 200_000
+#: Resolution of the figure, dots per inch.
+DPI = 130
 #: Colour of grid pixels without a median value (NaN).
 NO_MEDIAN_COLOUR = "#cfdcec"
 #: Input rows whose pixel-map positions are computed at once (bounds memory: rows x nx x 16 B).
@@ -72,11 +71,6 @@ def flagged_positions(mask: np.ndarray, pixel_map: Any | None) -> tuple[np.ndarr
         y[index] = positions[rows[index] - r0, cols[index] - c0, 1]
     keep = np.isfinite(x) & np.isfinite(y)
     return x[keep], y[keep]
-
-
-def _display_median(median: np.ndarray) -> tuple[np.ndarray, int]:
-    step = max(1, int(np.ceil(max(median.shape) / MAX_IMAGE_PX)))
-    return median[::step, ::step], step
 
 
 def _norm(image: np.ndarray):
@@ -131,56 +125,58 @@ def write_plot(
     path = Path(path)
     n = len(names)
     ny, nx = median.shape
-    height = max(7.5, 0.22 * n + 2.5)
+    height = max(8.5, 0.22 * n + 2.5)
     # The image panel takes the median's aspect ratio, within reason; the bars a fixed width.
-    image_width = float(np.clip((height - 1.8) * nx / ny, 3.0, 12.0))
-    fig = Figure(figsize=(image_width + 1.2 + 6.5, height), layout="constrained")
+    image_width = float(np.clip((height - 2.4) * nx / ny, 3.0, 12.0))
+    fig = Figure(figsize=(image_width + 1.2 + 6.5, height), layout="constrained", dpi=DPI)
     grid = fig.add_gridspec(1, 2, width_ratios=(image_width + 1.2, 6.5))
     ax_img = fig.add_subplot(grid[0, 0])
     ax_bar = fig.add_subplot(grid[0, 1])
-    shown, step = _display_median(median)
+    # One image pixel per screen pixel at most, so no flagged pixel is lost in resampling.
+    step = max(
+        1,
+        int(np.ceil(ny / ((height - 2.4) * DPI))),
+        int(np.ceil(nx / (image_width * DPI))),
+    )
+    shown = median[::step, ::step]
+    extent = (-0.5, shown.shape[1] * step - 0.5, -0.5, shown.shape[0] * step - 0.5)
     image = ax_img.imshow(
         shown,
         origin="lower",
         cmap=colormaps["gray"].with_extremes(bad=NO_MEDIAN_COLOUR),
         norm=_norm(shown),
-        extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
+        extent=extent,
         interpolation="nearest",
     )
     colorbar = fig.colorbar(image, ax=ax_img, shrink=0.8, pad=0.01)
     colorbar.set_label("median (units of SCI), asinh stretch")
     group_ids = list(dict.fromkeys(groups))
     colours = colormaps["tab10" if len(group_ids) <= 10 else "tab20"]
-    total = sum(int(m.sum()) for m in masks)
-    keep_every = max(1, int(np.ceil(total / MAX_POINTS)))
+    # Flagged pixels as a raster on the displayed pixels, coloured by group (later groups on
+    # top): unlike markers, it covers exactly the pixels that hold an outlier at any size.
+    owner = np.zeros(shown.shape, dtype=np.int16)
+    total = 0
     for g, group_id in enumerate(group_ids):
-        xs, ys = [], []
         for i, mask in enumerate(masks):
             if groups[i] != group_id:
                 continue
             x, y = flagged_positions(mask, pixel_maps[i] if pixel_maps else None)
-            xs.append(x[::keep_every])
-            ys.append(y[::keep_every])
-        x, y = np.concatenate(xs), np.concatenate(ys)
-        ax_img.scatter(
-            x,
-            y,
-            s=2,
-            marker="s",
-            linewidths=0,
-            color=colours(g % colours.N),
-            alpha=0.8,
-            rasterized=True,
-        )
+            total += int(mask.sum())
+            cols = np.clip(np.floor((x + 0.5) / step).astype(int), 0, shown.shape[1] - 1)
+            rows = np.clip(np.floor((y + 0.5) / step).astype(int), 0, shown.shape[0] - 1)
+            owner[rows, cols] = g + 1
+    overlay = np.zeros((*shown.shape, 4), dtype=np.float32)
+    for g in range(len(group_ids)):
+        overlay[owner == g + 1] = colours(g % colours.N)
+    ax_img.imshow(overlay, origin="lower", extent=extent, interpolation="nearest")
     ax_img.set_xlim(-0.5, nx - 0.5)
     ax_img.set_ylim(-0.5, ny - 0.5)
     ax_img.set_xlabel("median grid x [pixel]")
     ax_img.set_ylabel("median grid y [pixel]")
-    sampled = f", every {keep_every}th shown" if keep_every > 1 else ""
-    shrunk = f"; image shown every {step} pixels" if step > 1 else ""
+    shrunk = f", shown every {step} px" if step > 1 else ""
     ax_img.set_title(
-        f"median, {ny} x {nx} px (pale blue: none){shrunk}\n"
-        f"and all {total:,} flagged pixels{sampled},\ncoloured by exposure group",
+        f"median, {ny} x {nx} px{shrunk}\n(pale blue: no median)\n"
+        f"{total:,} flagged pixels by group",
         fontsize="medium",
     )
 
@@ -203,7 +199,7 @@ def write_plot(
             fontsize=_tick_size(n),
         )
     ax_bar.set_xlim(0, max(percent + [1e-3]) * 1.25)
-    if len(group_ids) <= 12:
+    if len(group_ids) <= 20:  # beyond, tab20's colours repeat and a legend would mislead
         # One legend for both panels: the bars and the flagged pixels share group colours.
         handles = [Patch(color=colours(g % colours.N)) for g in range(len(group_ids))]
         legend = ax_bar.legend(
@@ -219,7 +215,7 @@ def write_plot(
         legend.get_title().set_fontsize("small")
     fig.suptitle(f"{title}: outlier detection", fontsize="large")
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
+        fig.savefig(handle, format="png")
     return path
 
 

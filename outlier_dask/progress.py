@@ -179,6 +179,8 @@ class StageProgress:
         if self._told_dashboard or not link:
             return
         self._told_dashboard = True
+        if _runtime_logs_dashboard():
+            return  # runtime/schedulers.py has logged it already, where logs are shown
         if self.mode == "bar":
             print(f"dask dashboard: {link}", file=self.stream, flush=True)
         else:
@@ -206,6 +208,12 @@ class StageProgress:
         with contextlib.suppress(ValueError, OSError):  # a closed stream ends the display
             self.stream.write(f"{line:<80}{end}")
             self.stream.flush()
+
+
+def _runtime_logs_dashboard() -> bool:
+    """Whether the scheduler module's INFO record naming the dashboard reaches a handler."""
+    runtime = logging.getLogger("outlier_dask.runtime.schedulers")
+    return runtime.isEnabledFor(logging.INFO) and runtime.hasHandlers()
 
 
 def _safe(counts: Callable[[], tuple[int, int] | None]) -> tuple[int, int] | None:

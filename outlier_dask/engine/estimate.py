@@ -17,7 +17,7 @@ FLOAT32 = 4
 #: Memory of one Python process with the engine's libraries imported and a FITS file read
 #: (measured: about 140 MiB after imports).
 PROCESS_BASELINE = 200 * 2**20
-#: Bytes per input pixel a drizzle task holds: SCI and weight (float32), the pixel map
+#: Bytes per pixel of the member a drizzle task holds: SCI and weight (float32), the pixel map
 #: (2 x float64) and its shifted copy, plus DQ/VAR_RNOISE read to build the weight.
 DRIZZLE_BYTES_PER_INPUT_PX = 40
 #: Without resampling a "mosaic" task reads SCI and builds the weight from DQ and VAR_RNOISE.
@@ -79,8 +79,9 @@ def worker_task_sizes(plan: Plan, tile_area: int) -> dict[str, int]:
     """Bytes one worker holds in the largest task of each stage."""
     per_px = DRIZZLE_BYTES_PER_INPUT_PX if plan.pixel_maps else COPY_BYTES_PER_INPUT_PX
     pixels = [m.shape[0] * m.shape[1] for m in plan.members]
+    # A group task reads its members one at a time into its region's data and weight.
     drizzle = max(
-        (per_px * sum(pixels[i] for i in g.members) + 2 * FLOAT32 * _area(g.region))
+        (per_px * max(pixels[i] for i in g.members) + 2 * FLOAT32 * _area(g.region))
         for g in plan.groups
     )
     blot = max(
@@ -123,7 +124,7 @@ def estimate_resources(
     pixels, ``T`` a tile's pixels, ``P_i`` input ``i``'s pixels, ``W`` workers and ``Q``
     Python processes (:func:`python_processes`), in bytes::
 
-        worker set  = max(drizzle: 40 * sum(P_i in g) + 8 * A_g        (largest group)
+        worker set  = max(drizzle: 40 * max(P_i in g) + 8 * A_g        (largest group)
                           blot+flag: 40 * block with halo + 4 * its median cut-out,
                           median: 12 * G * T,
                           write: 48 * max(P_i))
