@@ -218,11 +218,23 @@ def _parameters(args: argparse.Namespace) -> OutlierParameters:
     return parameters_with_file(getattr(args, "config", None), given)
 
 
+#: Libraries whose records below WARNING are not shown (distributed sets its loggers' levels
+#: when it is imported, after the command has set up logging, so levels alone do not hold).
+_NOISY_LOGGERS = ("stpipe", "distributed", "asdf", "bokeh", "tornado")
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith(_NOISY_LOGGERS)
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("stpipe", "distributed", "asdf"):
+    for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    for handler in logging.getLogger().handlers:
+        if _quiet_libraries not in handler.filters:
+            handler.addFilter(_quiet_libraries)
 
 
 def profile_table(timings: dict[str, float]) -> str:

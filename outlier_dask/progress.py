@@ -34,6 +34,8 @@ MODES = ("bar", "log")
 BAR_WIDTH = 30
 #: Seconds between redraws of a bar (and between polls of a distributed scheduler).
 REFRESH_S = 0.2
+#: Seconds before the first poll: soon, so that short stages are counted too.
+FIRST_POLL_S = 0.05
 
 
 def make_progress(mode: bool | str = "auto", stream: IO[str] | None = None) -> StageProgress | None:
@@ -133,9 +135,11 @@ class StageProgress:
             log.info("%s: started", stage)
         stop = threading.Event()
         drawer = None
-        if self.mode == "bar":
+        # A bar is redrawn while the stage runs; a scheduler is also polled in log mode, since
+        # the keys are released, and their count lost, as soon as the results are gathered.
+        if self.mode == "bar" or client is not None:
             drawer = threading.Thread(
-                target=self._redraw, args=(stage, counts, started, stop), daemon=True
+                target=self._watch, args=(stage, counts, started, stop), daemon=True
             )
             drawer.start()
         outcome = "failed"
@@ -149,6 +153,8 @@ class StageProgress:
                 drawer.join()
             elapsed = time.perf_counter() - started
             final = _safe(counts)
+            if outcome == "done" and final:
+                final = (final[1], final[1])  # every task of a finished stage is done
             if self.mode == "bar":
                 self._draw(stage, final, elapsed, f"{outcome} in {elapsed:.1f} s", end="\n")
             else:
@@ -164,9 +170,10 @@ class StageProgress:
             if not failed[0]:
                 try:
                     now = _wanted_key_counts(client)
-                    # Once gathered, the keys are released: keep the last real count.
+                    # Gathered keys are released one by one: keep the largest total seen.
                     if now is not None and now[1]:
-                        last[0] = now
+                        total = max(now[1], last[0][1] if last[0] else 0)
+                        last[0] = (min(now[0], total), total)
                 except Exception:  # noqa: BLE001 - progress must never break a run
                     log.debug("cannot read task states from the scheduler", exc_info=True)
                     failed[0] = True
@@ -186,9 +193,13 @@ class StageProgress:
         else:
             log.info("dask dashboard: %s", link)
 
-    def _redraw(self, stage: str, counts: Callable, started: float, stop: threading.Event) -> None:
-        while not stop.wait(REFRESH_S):
-            self._draw(stage, _safe(counts), time.perf_counter() - started, "")
+    def _watch(self, stage: str, counts: Callable, started: float, stop: threading.Event) -> None:
+        wait = FIRST_POLL_S
+        while not stop.wait(wait):
+            current = _safe(counts)
+            if self.mode == "bar":
+                self._draw(stage, current, time.perf_counter() - started, "")
+            wait = REFRESH_S
 
     def _draw(
         self, stage: str, counts: tuple[int, int] | None, elapsed: float, note: str, end: str = ""

@@ -322,3 +322,25 @@ def test_bad_progress_free_quiet_run_prints_no_bar(association, tmp_path, capsys
     assert status == 0
     assert "\r" not in captured.err
     assert "done in" not in captured.err
+
+
+@pytest.mark.slow
+def test_local_cluster_run_names_the_dashboard_once(association, tmp_path, caplog):
+    import json
+    import logging
+    import re
+
+    argv = ["run", str(association.asn_path), "--output-dir", str(tmp_path)]
+    argv += ["--scheduler", "local-cluster", "--n-workers", "1"]
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("outlier_dask")]
+    dashboard = [m for m in messages if "dashboard" in m]
+    assert len(dashboard) == 1
+    assert "http://" in dashboard[0]
+    # The distributed progress display logged each stage (with its task count when a poll of
+    # the scheduler fell within the stage: one task per group).
+    assert any(re.match(r"drizzle: (3/3 tasks )?done in", m) for m in messages)
+    report = json.loads((tmp_path / "synth_outlier_report.json").read_text())
+    assert report["scheduler"]["kind"] == "distributed"
+    assert report["scheduler"]["dashboard"] in dashboard[0]

@@ -26,6 +26,11 @@ def _slow(i: int) -> int:
     return i
 
 
+def _slower(i: int) -> int:
+    time.sleep(0.25)
+    return i
+
+
 def _runner(progress, kind="threads", options=None, client=None) -> Runner:
     options = options or {"scheduler": "threads", "num_workers": 2}
     return Runner(kind, 2, options, client, progress)
@@ -119,7 +124,8 @@ def test_distributed_cluster_shows_dashboard_and_counts_keys():
         stream = _Terminal()
         progress = make_progress("bar", stream)
         runner = _runner(progress, "distributed", {"scheduler": client}, client)
-        tasks = [dask.delayed(_slow)(i, dask_key_name=f"slow-{i}") for i in range(8)]
+        # Slow enough (4 x 0.25 s on 2 threads) for several polls of the scheduler.
+        tasks = [dask.delayed(_slower)(i, dask_key_name=f"slow-{i}") for i in range(8)]
         assert runner.compute(*tasks, stage="drizzle") == tuple(range(8))
         runner.compute(dask.delayed(_slow)(0, dask_key_name="other"), stage="median")
         text = stream.getvalue()
