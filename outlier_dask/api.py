@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,23 +17,41 @@ import dask
 import numpy as np
 from stdatamodels.jwst import datamodels
 
+from outlier_dask.engine.estimate import estimate_resources
 from outlier_dask.engine.plan import Plan, make_plan
 from outlier_dask.engine.run import EngineResult, run_plan
-from outlier_dask.engine.stores import ScratchStore, scratch_directory
+from outlier_dask.engine.scratch import local_work_dir
+from outlier_dask.engine.stores import ScratchStore, scratch_directory, scratch_parent
 from outlier_dask.io.association import AssociationError, AssociationMember, read_association
 from outlier_dask.io.members import Member, members_from_files, members_from_models, stem_of
 from outlier_dask.io.outputs import (
     apply_outlier_mask,
+    blot_path_for,
+    intermediate_paths,
+    median_path_for,
+    mosaic_path_for,
     output_path_for,
+    removed_on_failure,
     write_blot,
     write_flagged_file,
     write_image,
+)
+from outlier_dask.io.validation import (
+    check_free_space,
+    check_inputs,
+    check_output_paths,
+    check_scheduler_reachable,
+    check_tls_files,
+    disk_full_explained,
+    prepare_output_dir,
+    product_bytes,
 )
 from outlier_dask.parameters import OutlierParameters
 from outlier_dask.plot import plot_path, write_plot
 from outlier_dask.progress import make_progress
 from outlier_dask.report import build_report, input_entry, report_path, write_report
-from outlier_dask.runtime.schedulers import start_runner
+from outlier_dask.runtime.schedulers import client_ssl_context, resolve_security, start_runner
+from outlier_dask.runtime.signals import interrupted_by_signals
 
 __all__ = ["OutlierResult", "detect_outliers"]
 
@@ -75,16 +97,34 @@ class OutlierResult:
 
 
 def _resolve_inputs(inputs: Any) -> tuple[str, list[Member], bool]:
-    """Product name, members, and whether they came from files."""
+    """Product name, members, and whether they came from files.
+
+    Raises
+    ------
+    AssociationError
+        Naming the input, association or member that cannot be used (see
+        :func:`~outlier_dask.io.association.read_association` and
+        :func:`~outlier_dask.io.members.members_from_files`).
+    """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
-    items = list(inputs)
+    try:
+        items = list(inputs)
+    except TypeError:
+        raise AssociationError(
+            f"inputs: expected a path or a list of paths or models, got {type(inputs).__name__}"
+        ) from None
     if not items:
         raise AssociationError("no inputs given")
     if all(isinstance(i, datamodels.ImageModel) for i in items):
         return "outlier_dask", members_from_models(items), False
-    if any(isinstance(i, datamodels.JwstDataModel) for i in items):
-        raise AssociationError("inputs must be all file paths or all ImageModel objects")
+    for k, item in enumerate(items):
+        if isinstance(item, datamodels.JwstDataModel):
+            raise AssociationError("inputs must be all file paths or all ImageModel objects")
+        if not isinstance(item, str | os.PathLike):
+            raise AssociationError(
+                f"input {k}: expected a file path or an ImageModel, got {type(item).__name__}"
+            )
     paths = [Path(i) for i in items]
     if len(paths) == 1 and paths[0].suffix.lower() == ".json":
         product, entries = read_association(paths[0])
@@ -101,30 +141,117 @@ def _resolve_inputs(inputs: Any) -> tuple[str, list[Member], bool]:
     return product, members_from_files(entries), True
 
 
-def _check_outputs(members: list[Member], params: OutlierParameters) -> list[Path]:
+def _planned_products(
+    members: list[Member], product: str, params: OutlierParameters, from_files: bool
+) -> tuple[list[Path], list[Path]]:
+    """The ``_crf`` products (file inputs only) and the intermediate products of a run."""
     out_dir = Path(params.output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output_dir: {out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise ValueError(f"output_dir: {out_dir} is not writable")
-    outputs = [output_path_for(m.name, out_dir, params.suffix) for m in members]
-    inputs = {m.path.resolve() for m in members if m.path}
-    for member, path in zip(members, outputs, strict=True):
-        if path.resolve() in inputs:
-            raise ValueError(f"{member.name}: the output {path} would overwrite an input")
-        if path.exists() and not params.overwrite:
-            raise ValueError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    if len(set(outputs)) != len(outputs):
-        raise ValueError("two inputs would write the same output name; rename them")
-    return outputs
+    flagged = (
+        [output_path_for(m.name, out_dir, params.suffix) for m in members] if from_files else []
+    )
+    keep = params.save_intermediate_results and len(members) >= 2
+    extra = intermediate_paths(members, product, out_dir, params.resample_data) if keep else []
+    return flagged, extra
 
 
+def _check_outputs(
+    members: list[Member], params: OutlierParameters, product: str, from_files: bool
+) -> list[Path]:
+    """Check every product's path before any work; return the ``_crf`` paths in input order.
+
+    Raises
+    ------
+    OutputError
+        If the output folder cannot be written, or a product would leave it, replace an
+        input, collide with another, or replace an existing file without ``overwrite``.
+    """
+    flagged, extra = _planned_products(members, product, params, from_files)
+    if not flagged and not extra:
+        return []
+    out_dir = Path(params.output_dir)
+    prepare_output_dir(out_dir)
+    named = [(m.name, p) for m, p in zip(members, flagged, strict=False)]
+    named += [(p.name, p) for p in extra]
+    inputs = [m.path for m in members if m.path is not None]
+    check_output_paths(named, inputs, out_dir, params.overwrite)
+    return flagged
+
+
+#: Clean-up of the current :func:`detect_outliers` call, run if it fails or is interrupted.
+_run_cleanup: ContextVar[contextlib.ExitStack] = ContextVar("_run_cleanup")
+
+
+def _guarded_run(function: Callable[..., OutlierResult]) -> Callable[..., OutlierResult]:
+    """Run ``detect_outliers`` with SIGTERM acting as Ctrl-C and clean-up on any failure.
+
+    The checks made once the products are known register their clean-up (remove this run's
+    partial products, explain a full disk) in :data:`_run_cleanup`.
+    """
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> OutlierResult:
+        with interrupted_by_signals(), contextlib.ExitStack() as cleanup:
+            token = _run_cleanup.set(cleanup)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _run_cleanup.reset(token)
+
+    return run
+
+
+def _check_before_work(
+    members: list[Member],
+    product: str,
+    from_files: bool,
+    params: OutlierParameters,
+    client: Any,
+    security: Any,
+) -> None:
+    """The checks of ``io/validation.py`` that need no plan, and this run's failure clean-up."""
+    check_tls_files(params)
+    if client is None:
+        ssl_context = client_ssl_context(resolve_security(params, security))
+        check_scheduler_reachable(params.scheduler, ssl_context)
+    if len(members) >= 2:
+        check_inputs(members, params)
+    flagged, extra = _planned_products(members, product, params, from_files)
+    cleanup = _run_cleanup.get()
+    cleanup.enter_context(removed_on_failure([*flagged, *extra]))
+    folders = [
+        ("output_dir", Path(params.output_dir)),
+        ("work_dir", scratch_parent(local_work_dir(params.work_dir))),
+    ]
+    cleanup.enter_context(disk_full_explained(folders))
+    if len(members) < 2 and flagged:
+        check_free_space(
+            [("products", Path(params.output_dir), product_bytes(members, params, 0, 0))]
+        )
+
+
+def _check_free_space(plan: Plan, params: OutlierParameters) -> None:
+    """Refuse a run whose products and scratch data would not fit (needs the plan's regions)."""
+    ny, nx = plan.grid_shape
+    products = product_bytes(plan.members, params, ny * nx, plan.n_groups)
+    scratch = 0
+    # A remote work_dir (fsspec URL) has no free-space query; its store is checked by writing.
+    if not params.in_memory and local_work_dir(params.work_dir) == params.work_dir:
+        scratch = estimate_resources(plan, in_memory=False, n_workers=1).scratch_disk
+    check_free_space(
+        [
+            ("products", Path(params.output_dir), products),
+            ("scratch", scratch_parent(local_work_dir(params.work_dir)), scratch),
+        ]
+    )
+
+
+@_guarded_run
 def detect_outliers(
     inputs: Any,
     *,
     parameters: OutlierParameters | None = None,
     client: Any = None,
+    security: Any = None,
     progress: bool | str = "auto",
     report: bool | None = None,
     plot: bool = False,
@@ -140,6 +267,9 @@ def detect_outliers(
         All parameters at once; ``values`` override single ones.
     client : distributed.Client, optional
         Run on this cluster instead of starting a scheduler.
+    security : distributed.Security, optional
+        How to connect to a ``tls://`` scheduler address (``parameters.scheduler``); by
+        default built from the ``tls_ca_file``, ``tls_cert`` and ``tls_key`` parameters.
     progress : bool or {"auto", "bar", "log", "off"}
         Show each stage's progress: a bar on a terminal (stderr), else log records of logger
         ``outlier_dask.progress`` (see :func:`outlier_dask.progress.make_progress`).
@@ -170,7 +300,8 @@ def detect_outliers(
         merged.update({k.replace("-", "_"): v for k, v in values.items()})
         params = OutlierParameters.from_mapping(merged)
     product, members, from_files = _resolve_inputs(inputs)
-    outputs = _check_outputs(members, params) if from_files else []
+    outputs = _check_outputs(members, params, product, from_files)
+    _check_before_work(members, product, from_files, params, client, security)
     extras = _check_extras(product, params, from_files if report is None else report, plot)
     display = make_progress(progress)
     if len(members) < 2:
@@ -183,6 +314,7 @@ def detect_outliers(
     started = time.perf_counter()
     plan = make_plan(members, product, params)
     timings = {"plan": time.perf_counter() - started}
+    _check_free_space(plan, params)
     log.info(
         "%d inputs in %d groups; median grid %d x %d",
         len(members),
@@ -191,7 +323,7 @@ def detect_outliers(
     )
     with scratch_directory(params.work_dir) as scratch:
         store = None if params.in_memory else ScratchStore(str(scratch / "stack.zarr"))
-        with start_runner(params, client, str(scratch)) as runner:
+        with start_runner(params, client, str(scratch), security) as runner:
             runner.progress = display
             result = run_plan(plan, params, runner, store, keep_median=extras.plot is not None)
             timings.update(result.timings)
@@ -342,18 +474,18 @@ def _write_intermediates(plan: Plan, result: EngineResult, params: OutlierParame
             first = plan.members[group.members[0]]
             data, weight = _full_grid(plan, mosaic)
             write_image(
-                out_dir / f"{stem_of(first.name)}_outlier_i2d.fits",
+                mosaic_path_for(first.name, out_dir),
                 data,
                 plan.grid_wcs,
                 weight=weight,
             )
     if result.median is not None:
         wcs = plan.grid_wcs if plan.grid_wcs is not None else plan.members[0].wcs
-        write_image(out_dir / f"{plan.product_name}_median.fits", result.median, wcs)
+        write_image(median_path_for(plan.product_name, out_dir), result.median, wcs)
     if params.resample_data and result.blots is not None:
         for member, blot in zip(plan.members, result.blots, strict=True):
             if member.path is not None:
-                write_blot(out_dir / f"{member.stem}_blot.fits", blot, member)
+                write_blot(blot_path_for(member.name, out_dir), blot, member)
 
 
 def _full_grid(plan: Plan, mosaic) -> tuple[np.ndarray, np.ndarray]:

@@ -53,22 +53,28 @@ PARAMETER_HELP = {
     "(0: evaluate the WCS at every pixel)",
     "output_dir": "folder for the products, the report and the figure",
     "suffix": "product suffix: <stem>_<suffix>.fits",
-    "work_dir": "parent folder of this run's scratch folder, which is removed at the end",
+    "work_dir": "parent folder (or fsspec URL, e.g. s3://bucket/prefix) of this run's scratch "
+    "folder, which is removed at the end",
     "scheduler": "processes, threads, synchronous, local-cluster, or a scheduler address "
     "tcp://host:port",
     "n_workers": "parallel workers (processes, threads or local-cluster workers)",
     "threads_per_worker": "threads per worker with local-cluster",
-    "memory_limit": "memory of a local-cluster, bytes or e.g. 4GiB, 800MB (split among workers)",
+    "memory_limit": "memory budget of the run, bytes or e.g. 4GiB, 800MB: workers, tiles and "
+    "in_memory follow from it",
     "tile_size": "tile edge of the mosaics and the median, output pixels",
     "block_size": "block edge of the per-input blot and compare, input pixels",
     "overwrite": "replace existing products, report and figure",
+    "max_grid_pixels": "largest output grid allowed, pixels (a bigger one is refused)",
+    "tls_ca_file": "with a tls:// scheduler: certificate authority to trust (PEM)",
+    "tls_cert": "with a tls:// scheduler: this client's certificate (PEM)",
+    "tls_key": "with a tls:// scheduler: this client's private key (PEM)",
 }
 
 #: How a default of None reads in help and documentation.
 _NONE_DEFAULTS = {
     "work_dir": "system temporary folder",
     "n_workers": "CPUs available",
-    "memory_limit": "no limit",
+    "memory_limit": "half of this machine's memory",
 }
 
 _BOOL_FIELDS = {f.name for f in fields(OutlierParameters) if f.type == "bool"}

@@ -148,6 +148,13 @@ class OutlierParameters:
     pixmap_tolerance : float
         With ``pixmap_stepsize == 1``: largest interpolation error of the pixel map allowed,
         in output pixels; 0 evaluates the WCS at every pixel.
+    max_grid_pixels : float
+        Largest output grid (``ny * nx``) a run may build; a bigger one usually means a bad
+        WCS or ``S_REGION`` and is refused before any work.
+    tls_ca_file, tls_cert, tls_key : str or None
+        With a ``tls://`` scheduler address: the certificate authority to trust, and this
+        client's certificate and private key (PEM files; the key may be inside the
+        certificate file).
     """
 
     weight_type: str = "ivm"
@@ -176,6 +183,10 @@ class OutlierParameters:
     tile_size: int = 1024
     block_size: int = 1024
     overwrite: bool = False
+    max_grid_pixels: float = 2e9
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     snr_pair: tuple[float, float] = field(init=False, repr=False, compare=False)
     scale_pair: tuple[float, float] = field(init=False, repr=False, compare=False)
 
@@ -233,6 +244,16 @@ class OutlierParameters:
         for name in ("tile_size", "block_size"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"{name}: must be >= 1 pixel, got {getattr(self, name)!r}")
+        if not math.isfinite(self.max_grid_pixels) or self.max_grid_pixels < 4:
+            raise ParameterError(
+                f"max_grid_pixels: must be a number of pixels >= 4, got {self.max_grid_pixels!r}"
+            )
+        tls = [n for n in ("tls_ca_file", "tls_cert", "tls_key") if getattr(self, n) is not None]
+        if tls and not str(self.scheduler).startswith("tls://"):
+            raise ParameterError(
+                f"{tls[0]}: TLS files need a tls://host:port scheduler address; "
+                f"got scheduler={self.scheduler!r}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> OutlierParameters:

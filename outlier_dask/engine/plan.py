@@ -194,14 +194,17 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
     ------
     ValueError
         If inputs must share a shape (``resample_data=False``) and do not, or if the output
-        grid cannot be built from the inputs' footprints.
+        grid cannot be built from the inputs' footprints (``GridTooLargeError`` when it would
+        exceed ``max_grid_pixels``; this comes before any pixel map is built).
     """
     halo = FLAG_HALO_PX if params.resample_data else 0
     tile = (params.tile_size, params.tile_size)
     if not params.resample_data:
         return _plan_without_resampling(members, product_name, params, tile)
     footprints = [p for m in members for p in footprints_from_s_region(m.wcsinfo["s_region"])]
-    grid = output_wcs_from_footprints(footprints, members[0].wcs, members[0].wcsinfo)
+    grid = output_wcs_from_footprints(
+        footprints, members[0].wcs, members[0].wcsinfo, max_pixels=int(params.max_grid_pixels)
+    )
     grid_shape = (int(grid.array_shape[0]), int(grid.array_shape[1]))
     pixel_maps = [
         build_pixel_map(

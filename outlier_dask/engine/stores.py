@@ -9,8 +9,10 @@ process ever holds more than a region, a block or a tile.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,23 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-__all__ = ["ScratchStore", "scratch_directory", "write_region", "read_window"]
+__all__ = ["ScratchStore", "read_window", "scratch_directory", "scratch_parent", "write_region"]
+
+log = logging.getLogger(__name__)
+
+
+#: Prefix of every scratch folder (``<work_dir>/outlier_dask-<12 hex digits>``).
+SCRATCH_PREFIX = "outlier_dask-"
+#: Attempts at removing a scratch folder; a worker that is still being stopped may write a
+#: last chunk into it while the first attempt runs.
+_REMOVE_ATTEMPTS = 5
+_REMOVE_PAUSE_S = 0.2
+
+
+def scratch_parent(work_dir: str | None) -> Path:
+    """The folder scratch folders are made in: ``work_dir``, else the system temporary folder
+    (never the current directory)."""
+    return Path(work_dir) if work_dir else Path(tempfile.gettempdir())
 
 
 @contextlib.contextmanager
@@ -29,17 +47,26 @@ def scratch_directory(work_dir: str | None) -> Iterator[Path]:
     Parameters
     ----------
     work_dir : str or None
-        Parent folder chosen by the user; None means the system temporary directory (never
-        the current directory).
+        Parent folder chosen by the user (see :func:`scratch_parent`).
     """
-    parent = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+    parent = scratch_parent(work_dir)
     parent.mkdir(parents=True, exist_ok=True)
-    path = parent / f"outlier_dask-{uuid.uuid4().hex[:12]}"
+    path = parent / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
     path.mkdir()
     try:
         yield path
     finally:
+        _remove_tree(path)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything in it, retrying briefly; log what could not be removed."""
+    for attempt in range(_REMOVE_ATTEMPTS):
         shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(_REMOVE_PAUSE_S * (attempt + 1))
+    log.warning("could not remove the scratch folder %s; remove it by hand", path)
 
 
 @dataclass(frozen=True)

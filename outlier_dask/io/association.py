@@ -52,7 +52,9 @@ def read_association(asn_path: str | Path) -> tuple[str, list[AssociationMember]
     ------
     AssociationError
         If the file is missing, is not JSON, is not an image association, has no product, has
-        no science member, names a member twice, or names a member file that does not exist.
+        a product name with a folder in it, has no science member, names a member twice, or
+        names a member file that does not exist. Member paths may lead anywhere (they are only
+        read); products are named from the members' file names alone.
     """
     path = Path(asn_path)
     if not path.is_file():
@@ -73,9 +75,21 @@ def read_association(asn_path: str | Path) -> tuple[str, list[AssociationMember]
     if not isinstance(products, list) or not products:
         raise AssociationError(f"{path}: the association has no products")
     product = products[0]
+    if not isinstance(product, dict):
+        raise AssociationError(f"{path}: the association's product is not a JSON object")
     name = str(product.get("name") or path.stem.removesuffix("_asn"))
+    if not _is_plain_name(name):
+        # The product name names the median product: it must not lead out of output_dir.
+        raise AssociationError(
+            f"{path}: product name {name!r} must be a plain file name (no folders)"
+        )
     members = _science_members(path, product.get("members"))
     return name, members
+
+
+def _is_plain_name(name: str) -> bool:
+    """Whether ``name`` is a file name with no folder part (nothing like ``..`` or ``a/b``)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _science_members(asn_path: Path, raw: Any) -> list[AssociationMember]:
@@ -86,6 +100,10 @@ def _science_members(asn_path: Path, raw: Any) -> list[AssociationMember]:
     for k, entry in enumerate(raw):
         if not isinstance(entry, dict) or "expname" not in entry:
             raise AssociationError(f"{asn_path}: member {k} has no 'expname'")
+        if not isinstance(entry["expname"], str) or not entry["expname"].strip():
+            raise AssociationError(
+                f"{asn_path}: member {k} has expname {entry['expname']!r}; expected a file name"
+            )
         if str(entry.get("exptype", "science")).lower() != "science":
             continue
         member_path = (asn_path.parent / str(entry["expname"])).resolve()

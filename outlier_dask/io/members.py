@@ -283,14 +283,28 @@ def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
     members = []
     for index, entry in enumerate(entries):
         label = str(entry.path)
+        hdul = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # Metadata only: a raw memory map reads the ASDF tree and array shapes, not
                 # the ~100 MB of pixels (unscaled DQ is never used from this model).
                 hdul = fits.open(entry.path, memmap=True, do_not_scale_image_data=True)
+                if "ASDF" not in hdul:
+                    raise AssociationError(
+                        f"{label}: not a JWST data product (a FITS file without the ASDF "
+                        "extension the pipeline writes)"
+                    )
+                kind = hdul[0].header.get("DATAMODL", "ImageModel")
+                if kind != "ImageModel":
+                    raise AssociationError(f"{label}: not a JWST image model ({kind})")
                 model = datamodels.ImageModel(hdul)
+        except AssociationError:
+            hdul.close()
+            raise
         except Exception as exc:  # noqa: BLE001 - any reader failure is a bad member
+            if hdul is not None:
+                hdul.close()
             raise AssociationError(
                 f"{label}: cannot be read as a JWST datamodel ({_first_line(exc)})"
             ) from None

@@ -7,9 +7,10 @@ an interrupted run leaves no partial product; inputs are never opened for writin
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import gwcs
@@ -22,7 +23,12 @@ from outlier_dask.kernels.dq import flag_outliers_in_dq, match_nans_and_flags
 __all__ = [
     "apply_outlier_mask",
     "atomic_path",
+    "blot_path_for",
+    "intermediate_paths",
+    "median_path_for",
+    "mosaic_path_for",
     "output_path_for",
+    "removed_on_failure",
     "write_blot",
     "write_flagged_file",
     "write_image",
@@ -32,19 +38,87 @@ VARIANCE_ATTRS = ("var_poisson", "var_rnoise", "var_flat")
 
 
 def output_path_for(name: str, output_dir: Path, suffix: str) -> Path:
-    """``<output_dir>/<stem>_<suffix>.fits`` for an input named ``name``."""
+    """``<output_dir>/<stem>_<suffix>.fits`` for an input named ``name``.
+
+    Only the base name of ``name`` counts (see :func:`~outlier_dask.io.members.stem_of`), so
+    a member listed as ``../x/a_cal.fits`` or ``/abs/a_cal.fits`` still writes in
+    ``output_dir``.
+    """
     return output_dir / f"{stem_of(name)}_{suffix}.fits"
+
+
+def mosaic_path_for(first_member_name: str, output_dir: Path) -> Path:
+    """The ``_outlier_i2d`` product of a group, named after its first member (as jwst does)."""
+    return output_path_for(first_member_name, output_dir, "outlier_i2d")
+
+
+def median_path_for(product_name: str, output_dir: Path) -> Path:
+    """The ``_median`` product of an association."""
+    return output_dir / f"{Path(product_name).name}_median.fits"
+
+
+def blot_path_for(member_name: str, output_dir: Path) -> Path:
+    """The ``_blot`` product of one input."""
+    return output_path_for(member_name, output_dir, "blot")
+
+
+def intermediate_paths(
+    members: Sequence[Member], product_name: str, output_dir: Path, resample_data: bool
+) -> list[Path]:
+    """Every file ``save_intermediate_results`` writes: mosaics, median, blots.
+
+    Mosaics are named after the first member of each group (groups in order of first
+    appearance, as the plan orders them); blots exist only for inputs read from files.
+    """
+    paths = [median_path_for(product_name, output_dir)]
+    if resample_data:
+        firsts: dict[str, str] = {}
+        for member in members:
+            firsts.setdefault(member.group_id, member.name)
+        paths += [mosaic_path_for(name, output_dir) for name in firsts.values()]
+        paths += [blot_path_for(m.name, output_dir) for m in members if m.path is not None]
+    return paths
+
+
+def _partial_name(final: Path) -> Path:
+    """A fresh temporary name beside ``final`` (hidden, ends in ``.partial``)."""
+    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
+def _partial_names_of(final: Path) -> list[Path]:
+    """Every temporary file :func:`_partial_name` may have made for ``final``."""
+    return [p for p in final.parent.glob(f".{glob.escape(final.name)}.*.partial") if p.is_file()]
 
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """A temporary file name beside ``final``, renamed to ``final`` on success, removed on error."""
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    tmp = _partial_name(final)
     try:
         yield tmp
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def removed_on_failure(products: Sequence[Path]) -> Iterator[None]:
+    """On an error or interrupt, remove the products this run made and any temporary file.
+
+    A product that existed before (being overwritten) is left as it is: once replaced it is a
+    complete product of this run. Temporary files are removed too, since a worker process that
+    was terminated mid-write cannot remove its own.
+    """
+    existed = {p for p in products if p.exists()}
+    try:
+        yield
+    except BaseException:
+        for path in products:
+            for partial in _partial_names_of(path):
+                partial.unlink(missing_ok=True)
+            if path not in existed:
+                path.unlink(missing_ok=True)
+        raise
 
 
 def _save(model: datamodels.JwstDataModel, final: Path) -> None:

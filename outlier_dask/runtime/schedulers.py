@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.pool
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import dask
 
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
 
-__all__ = ["Runner", "default_workers", "start_runner"]
+__all__ = ["Runner", "client_ssl_context", "default_workers", "resolve_security", "start_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,16 @@ class Runner:
 
 @contextlib.contextmanager
 def start_runner(
-    params: OutlierParameters, client: Any = None, spill_dir: str | None = None
+    params: OutlierParameters,
+    client: Any = None,
+    spill_dir: str | None = None,
+    security: Any = None,
 ) -> Iterator[Runner]:
-    """Start the scheduler named by ``params.scheduler`` (or use ``client``) for one run."""
+    """Start the scheduler named by ``params.scheduler`` (or use ``client``) for one run.
+
+    ``security`` (a ``distributed.Security``) is used to connect to a scheduler address;
+    without it, the ``tls_*`` parameters build one (see :func:`resolve_security`).
+    """
     n = params.n_workers or default_workers()
     if client is not None:
         yield Runner("distributed", n, {"scheduler": client}, client)
@@ -83,12 +92,30 @@ def start_runner(
     if kind == "synchronous":
         yield Runner(kind, 1, {"scheduler": "synchronous"})
     elif kind == "threads":
-        yield Runner(kind, n, {"scheduler": "threads", "num_workers": n})
+        with _started_thread_pool(n) as pool:
+            yield Runner(kind, n, {"scheduler": "threads", "pool": pool})
     elif kind == "processes":
         with _started_process_pool(n) as pool:
             yield Runner(kind, n, {"scheduler": "processes", "pool": pool})
     else:
-        yield from _distributed_runner(params, n, spill_dir)
+        yield from _distributed_runner(params, n, spill_dir, security)
+
+
+@contextlib.contextmanager
+def _started_thread_pool(n: int) -> Iterator[multiprocessing.pool.ThreadPool]:
+    """A pool of ``n`` daemon threads for one run.
+
+    Threads cannot be stopped; dask's own pool holds the process's exit until every running
+    task ends, whereas after an error or interrupt daemon threads let it exit at once.
+    """
+    pool = multiprocessing.pool.ThreadPool(n)
+    try:
+        yield pool
+    except BaseException:
+        pool.close()  # no new task; running ones end with the process
+        raise
+    pool.close()
+    pool.join()
 
 
 def _worker_ready() -> int:
@@ -111,12 +138,69 @@ def _started_process_pool(n: int) -> Iterator[ProcessPoolExecutor]:
         for future in futures:
             future.result()
         yield pool
+    except BaseException:
+        _terminate_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: Seconds a terminated worker process gets to exit before it is killed.
+_WORKER_EXIT_TIMEOUT_S = 5.0
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool at once after an error or interrupt: drop queued tasks, end the workers.
+
+    ``shutdown(wait=True)`` alone would wait for every running task (a drizzle can take
+    minutes); terminating the workers makes Ctrl-C and SIGTERM prompt.
+    """
+    # ``_processes`` is the executor's map of worker processes (no public API before 3.14);
+    # ``shutdown`` forgets it, so it is read first.
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        if process.is_alive():
+            process.terminate()
+    for process in workers:
+        process.join(_WORKER_EXIT_TIMEOUT_S)
+        if process.is_alive():
+            process.kill()
+            process.join(_WORKER_EXIT_TIMEOUT_S)
+
+
+def resolve_security(params: OutlierParameters, security: Any = None) -> Any:
+    """The ``distributed.Security`` to reach ``params.scheduler`` with, or None.
+
+    ``security`` if given; else one built from the ``tls_*`` parameters; else, for a
+    ``tls://`` address, dask's configuration (``distributed.comm.tls.*``).
+    """
+    if security is not None:
+        return security
+    tls_files = params.tls_ca_file or params.tls_cert or params.tls_key
+    if not tls_files and not str(params.scheduler).startswith("tls://"):
+        return None
+    from distributed import Security
+
+    if not tls_files:
+        return Security()
+    return Security(
+        tls_ca_file=params.tls_ca_file,
+        tls_client_cert=params.tls_cert,
+        tls_client_key=params.tls_key,
+        require_encryption=True,
+    )
+
+
+def client_ssl_context(security: Any) -> ssl.SSLContext | None:
+    """The TLS context a client connects with under ``security`` (None: no TLS)."""
+    if security is None:
+        return None
+    return security.get_connection_args("client").get("ssl_context")
+
+
 def _distributed_runner(
-    params: OutlierParameters, n: int, spill_dir: str | None
+    params: OutlierParameters, n: int, spill_dir: str | None, security: Any = None
 ) -> Iterator[Runner]:
     from distributed import Client, LocalCluster
 
@@ -137,6 +221,7 @@ def _distributed_runner(
             log.info("dask dashboard: %s", client.dashboard_link)
             yield Runner("distributed", n, {"scheduler": client}, client)
         return
-    with Client(params.scheduler, timeout="10s") as client:
+    security = resolve_security(params, security)
+    with Client(params.scheduler, timeout="10s", security=security) as client:
         log.info("connected to %s; dashboard: %s", params.scheduler, client.dashboard_link)
         yield Runner("distributed", n, {"scheduler": client}, client)

@@ -1,0 +1,76 @@
+"""Stopping a run cleanly on SIGTERM as on Ctrl-C.
+
+Batch systems, ``kill`` and ``timeout`` stop a process with SIGTERM, whose default action ends
+it at once: no ``finally`` block runs, so the scratch folder, temporary product files and worker
+processes would stay behind. During a run SIGTERM instead raises :class:`KeyboardInterrupt` in
+the main thread, exactly as Ctrl-C does, so one clean-up path serves both. A second signal while
+that clean-up runs is logged and otherwise ignored, so the clean-up is not cut short (SIGKILL
+still ends the process at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = ["interrupted_by_signals"]
+
+log = logging.getLogger(__name__)
+
+
+def _replaceable(signum: int, current: object) -> bool:
+    """Whether our handler may stand in for ``current``: only the interpreter's defaults.
+
+    A caller's own handler, or a signal the caller chose to ignore (``nohup``, a shell's
+    background job ignoring Ctrl-C), is left alone.
+    """
+    default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+    return current is default
+
+
+@contextlib.contextmanager
+def interrupted_by_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise KeyboardInterrupt once, then are ignored.
+
+    Outside the main thread (where Python cannot set handlers) this does nothing. Processes
+    forked inside the block (worker pools) inherit the handler; in them it behaves as the
+    default would (SIGTERM ends the process at once), so a pool can still terminate them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+    stopping = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            # A forked worker: act as the default handlers do.
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.warning("%s received again: still cleaning up (SIGKILL stops at once)", name)
+            return
+        stopping.set()
+        log.warning("%s received: stopping and cleaning up", name)
+        raise KeyboardInterrupt(name)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(signum)
+        if _replaceable(signum, current):
+            previous[signum] = current
+            signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, current in previous.items():
+            signal.signal(signum, current)

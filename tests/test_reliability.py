@@ -1,0 +1,416 @@
+"""Faults lose nothing: inputs stay byte-identical, failed or interrupted runs leave no partial
+product and no scratch, and a re-run gives the result of an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from outlier_dask import detect_outliers
+from outlier_dask.engine.stores import SCRATCH_PREFIX
+from outlier_dask.io.validation import DiskFullError, OutputError
+from outlier_dask.runtime.signals import interrupted_by_signals
+from outlier_dask.synthetic import write_association
+
+#: Longest time a run may take to stop after SIGINT or SIGTERM.
+PROMPT_EXIT_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def association(tmp_path_factory):
+    return write_association(
+        tmp_path_factory.mktemp("reliability") / "data",
+        n_exposures=3,
+        n_detectors=1,
+        detector_shape=(96, 96),
+        seed=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_dq(association, tmp_path_factory):
+    """DQ of every product of an uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference")
+    result = detect_outliers(association.asn_path, output_dir=out, scheduler="synchronous")
+    return {path.name: fits.getdata(path, "DQ") for path in result.outputs}
+
+
+def _checksums(paths):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def _leftovers(out_dir: Path, work_dir: Path) -> list[str]:
+    """Products, temporary files and scratch folders a failed run must not leave."""
+    left = [p.name for p in out_dir.iterdir()] if out_dir.exists() else []
+    if work_dir.exists():
+        left += [p.name for p in work_dir.iterdir() if p.name.startswith(SCRATCH_PREFIX)]
+    return left
+
+
+def _assert_same_as_reference(association, out_dir, reference_dq):
+    result = detect_outliers(
+        association.asn_path, output_dir=out_dir, overwrite=True, scheduler="synchronous"
+    )
+    for path in result.outputs:
+        np.testing.assert_array_equal(fits.getdata(path, "DQ"), reference_dq[path.name])
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def _fail_on_third_input(original):
+    def task(block, info, *args, **kwargs):
+        if block.member == 2:
+            raise RuntimeError("simulated failure on the third input")
+        return original(block, info, *args, **kwargs)
+
+    return task
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_failure_mid_run_leaves_nothing(association, tmp_path, monkeypatch, in_memory):
+    import outlier_dask.engine.run as run
+
+    monkeypatch.setattr(run, "blot_and_flag_block", _fail_on_third_input(run.blot_and_flag_block))
+    before = _checksums(association.cal_paths)
+    out, work = tmp_path / "out", tmp_path / "work"
+    with pytest.raises(RuntimeError, match="simulated failure on the third input"):
+        detect_outliers(
+            association.asn_path,
+            output_dir=out,
+            work_dir=work,
+            in_memory=in_memory,
+            scheduler="synchronous",
+            save_intermediate_results=True,
+        )
+    assert _checksums(association.cal_paths) == before
+    # The first two inputs' products were written (inside the same stage) and then removed.
+    assert _leftovers(out, work) == []
+
+
+def test_a_failure_while_writing_removes_the_run_s_products(association, tmp_path, monkeypatch):
+    import outlier_dask.io.flagged_fits as flagged_fits
+
+    calls = []
+    original = flagged_fits.write_flagged_fits
+
+    def fail_third(source, mask, final):
+        calls.append(final)
+        if len(calls) == 3:
+            # Die mid-write: a temporary file is on disk, as when a worker is killed.
+            (final.parent / f".{final.name}.deadbeef.partial").write_bytes(b"half a file")
+            raise OSError(errno.EIO, "simulated I/O error")
+        return original(source, mask, final)
+
+    monkeypatch.setattr("outlier_dask.api.write_flagged_fits", fail_third)
+    out, work = tmp_path / "out", tmp_path / "work"
+    with pytest.raises(OSError, match="simulated I/O error"):
+        detect_outliers(
+            association.asn_path, output_dir=out, work_dir=work, scheduler="synchronous"
+        )
+    assert len(calls) == 3
+    assert _leftovers(out, work) == []
+
+
+def test_existing_products_survive_a_failed_overwrite(
+    association, tmp_path, monkeypatch, reference_dq
+):
+    out = tmp_path / "out"
+    first = detect_outliers(association.asn_path, output_dir=out, scheduler="synchronous")
+    before = _checksums(first.outputs)
+    import outlier_dask.engine.run as run
+
+    monkeypatch.setattr(run, "blot_and_flag_block", _fail_on_third_input(run.blot_and_flag_block))
+    with pytest.raises(RuntimeError):
+        detect_outliers(
+            association.asn_path, output_dir=out, overwrite=True, scheduler="synchronous"
+        )
+    # Products replaced before the failure are complete products of the new run (here equal
+    # to the old ones); none was removed, none is partial.
+    assert _checksums(first.outputs) == before
+    assert sorted(out.glob("*_crf.fits")) == sorted(first.outputs)
+    assert not list(out.glob(".*.partial"))
+
+
+def test_disk_full_while_writing_scratch(association, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("outlier_dask.engine.run.write_region", full)
+    out, work = tmp_path / "out", tmp_path / "work"
+    before = _checksums(association.cal_paths)
+    with pytest.raises(DiskFullError, match=r"disk full \(output_dir .* free, work_dir .* free\)"):
+        detect_outliers(
+            association.asn_path,
+            output_dir=out,
+            work_dir=work,
+            in_memory=False,
+            scheduler="synchronous",
+        )
+    assert _leftovers(out, work) == []
+    assert _checksums(association.cal_paths) == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 kB tmpfs, if this machine lets the tests mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_real_full_disk_is_refused_then_reported(association, tmp_path, small_disk, monkeypatch):
+    out = tmp_path / "out"
+    # The scratch estimate (~340 kB) does not fit: refused before any graph runs.
+    with pytest.raises(OutputError, match=f"not enough free disk space in {small_disk}"):
+        detect_outliers(
+            association.asn_path,
+            output_dir=out,
+            work_dir=small_disk,
+            in_memory=False,
+            scheduler="synchronous",
+        )
+    # Were the estimate wrong, the disk fills during the run: a clear error, nothing left.
+    monkeypatch.setattr("outlier_dask.api.check_free_space", lambda needs: None)
+    with pytest.raises(DiskFullError, match="disk full"):
+        detect_outliers(
+            association.asn_path,
+            output_dir=out,
+            work_dir=small_disk,
+            in_memory=False,
+            scheduler="synchronous",
+        )
+    assert _leftovers(out, small_disk) == []
+
+
+# --------------------------------------------------------------------------- interrupts
+
+#: Installed as ``sitecustomize`` in the interrupted runs: makes one stage's tasks announce
+#: themselves on stderr and then sleep, so a signal can be sent while the stage runs.
+SLOW_STAGE_HOOK = """
+import os
+
+_stage = os.environ.get("OD_TEST_SLOW_STAGE")
+if _stage:
+    import functools
+    import importlib
+    import sys
+    import time
+
+    _module_name, _name = {
+        "drizzle": ("outlier_dask.engine.tasks", "build_group_mosaic"),
+        "median": ("outlier_dask.engine.tasks", "median_of_tile"),
+        "blot": ("outlier_dask.engine.tasks", "blot_and_flag_block"),
+        "write": ("outlier_dask.io.flagged_fits", "write_flagged_fits"),
+    }[_stage]
+    importlib.import_module("outlier_dask.api")
+    _original = getattr(importlib.import_module(_module_name), _name)
+
+    @functools.wraps(_original)
+    def _slow(*args, **kwargs):
+        print(f"OD-TEST-HOOK {_stage} pid={os.getpid()}", file=sys.stderr, flush=True)
+        time.sleep(300)
+        return _original(*args, **kwargs)
+
+    # Every module that imported the function by name gets the slow one.
+    for _module in list(sys.modules.values()):
+        if getattr(_module, "__name__", "").startswith("outlier_dask"):
+            if getattr(_module, _name, None) is _original:
+                setattr(_module, _name, _slow)
+"""
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state == "Z"  # a zombie has ended; only its exit status is left to collect
+
+
+def _interrupt_run(association, tmp_path, stage, signum, extra):
+    """Start ``outlier-dask run``, wait for ``stage`` to start, send ``signum``.
+
+    Returns the exit status, seconds from the signal to the exit, stderr, and the pids of the
+    processes that ran the stage.
+    """
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_STAGE_HOOK)
+    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, OD_TEST_SLOW_STAGE=stage)
+    command = [
+        sys.executable,
+        "-m",
+        "outlier_dask.cli",
+        "run",
+        str(association.asn_path),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--n-workers",
+        "2",
+        *extra,
+    ]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job may start with Ctrl-C ignored; the test needs the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in process.stderr:
+            lines.append(line)
+            if "OD-TEST-HOOK" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(120), "the stage never started:\n" + "".join(lines)
+        time.sleep(0.3)  # let the other workers pick up their tasks
+        sent = time.perf_counter()
+        process.send_signal(signum)
+        status = process.wait(60)
+        elapsed = time.perf_counter() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(5)
+    pids = [int(line.split("pid=")[1]) for line in lines if "OD-TEST-HOOK" in line]
+    return status, elapsed, "".join(lines), pids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "signum", "extra"),
+    [
+        ("drizzle", signal.SIGINT, ["--in-memory=False"]),
+        ("median", signal.SIGTERM, ["--in-memory=False"]),
+        ("blot", signal.SIGTERM, []),
+        ("write", signal.SIGINT, ["--in-memory=False"]),
+        ("drizzle", signal.SIGTERM, ["--scheduler", "threads", "--in-memory=False"]),
+        ("median", signal.SIGINT, ["--scheduler", "local-cluster", "--in-memory=False"]),
+    ],
+    ids=["drizzle-int", "median-term", "blot-term", "write-int", "threads", "local-cluster"],
+)
+def test_interrupt_exits_promptly_and_cleanly(
+    association, tmp_path, reference_dq, stage, signum, extra
+):
+    before = _checksums(association.cal_paths)
+    status, elapsed, stderr, pids = _interrupt_run(association, tmp_path, stage, signum, extra)
+    assert status != 0, stderr
+    assert elapsed < PROMPT_EXIT_S, stderr
+    assert "Traceback" not in stderr.split("received: stopping")[-1]
+    assert "interrupted" in stderr
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert _leftovers(out, work) == [], stderr
+    assert _checksums(association.cal_paths) == before
+    deadline = time.monotonic() + 5
+    while not all(_process_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_process_gone(pid) for pid in pids), f"workers {pids} outlived the run"
+    _assert_same_as_reference(association, out, reference_dq)
+
+
+@pytest.mark.slow
+def test_rerun_from_the_command_line_after_an_interrupt(association, tmp_path, reference_dq):
+    status, _, stderr, _ = _interrupt_run(association, tmp_path, "blot", signal.SIGTERM, [])
+    assert status != 0, stderr
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "outlier_dask.cli",
+            "run",
+            str(association.asn_path),
+            "--output-dir",
+            str(out),
+            "--overwrite",
+            "--scheduler",
+            "synchronous",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for name, dq in reference_dq.items():
+        np.testing.assert_array_equal(fits.getdata(out / name, "DQ"), dq)
+
+
+# --------------------------------------------------------------------------- signal handler
+
+
+def _interrupted_then_signalled_again() -> None:
+    with interrupted_by_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            pytest.fail("SIGTERM did not interrupt")
+        except KeyboardInterrupt:
+            # While cleaning up, further signals are ignored.
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            raise
+
+
+def test_sigterm_raises_keyboard_interrupt_once_and_handlers_come_back():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        _interrupted_then_signalled_again()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_signal_handlers_chosen_by_the_caller_are_kept():
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        with interrupted_by_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+        assert calls == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_outside_the_main_thread_nothing_is_installed():
+    seen = []
+
+    def body():
+        with interrupted_by_signals():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == [signal.getsignal(signal.SIGTERM)]
