@@ -34,6 +34,8 @@ CONFIGURATIONS = {
     "point": {"kernel": "point"},
     "pixfrac": {"pixfrac": 0.5},
     "background_level": {},
+    "fill_zero_without_mask": {"fillval": "0", "maskpt": 0.0},
+    "fill_zero_without_mask_on_disk": {"fillval": "0", "maskpt": 0.0, "in_memory": False},
 }
 MAX_DIFFERING_FRACTION = 1e-4
 

@@ -16,6 +16,7 @@ memory; the arithmetic is the same, so the results are identical.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -31,14 +32,15 @@ from outlier_dask.engine.plan import Plan, tile_ranges
 from outlier_dask.engine.stores import ScratchStore, read_window, write_region
 from outlier_dask.engine.tasks import (
     GroupMosaic,
+    GroupTiles,
     MemberOutcome,
     MemberTaskInfo,
     blot_and_flag_block,
     build_group_mosaic,
     fill_of,
     finish_member,
+    masked_group_tiles,
     median_of_tile,
-    tile_of_region,
 )
 from outlier_dask.kernels.weights import mask_low_weight
 from outlier_dask.parameters import OutlierParameters
@@ -105,20 +107,28 @@ def _mosaic_to_store(group, infos, params, store: ScratchStore, index: int) -> f
     return mosaic.threshold
 
 
-def _stack_from_mosaics(plan: Plan, mosaics: list[GroupMosaic], fill: float) -> da.Array:
-    """The masked stack as a dask array of literal tiles, chunks (1, ty, tx)."""
+def _stack_from_group_tiles(plan: Plan, groups: list[GroupTiles]) -> da.Array:
+    """The masked stack as a dask array, chunks (1, ty, tx).
+
+    Tiles a group touches arrive as arrays from its task; the others are made where they are
+    needed, filled with the value the reference's full-grid mosaic has there.
+    """
     ny, nx = plan.grid_shape
-    ty, tx = plan.tile_shape
-    rows, cols = tile_ranges(ny, ty), tile_ranges(nx, tx)
-    name = "masked-stack-" + tokenize(plan.product_name, len(mosaics), plan.grid_shape)
+    rows, cols = tile_ranges(ny, plan.tile_shape[0]), tile_ranges(nx, plan.tile_shape[1])
+    name = "masked-stack-" + tokenize(plan.product_name, len(groups), plan.grid_shape)
     graph = {}
-    for g, mosaic in enumerate(mosaics):
-        masked = mosaic.masked()
-        for i, r in enumerate(rows):
-            for j, c in enumerate(cols):
-                tile = tile_of_region(mosaic.region, masked, (r, c), np.nan)
-                graph[(name, g, i, j)] = tile[np.newaxis]
-    chunks = ((1,) * len(mosaics), tuple(b - a for a, b in rows), tuple(b - a for a, b in cols))
+    for g, group in enumerate(groups):
+        for i, (r0, r1) in enumerate(rows):
+            for j, (c0, c1) in enumerate(cols):
+                tile = group.tiles.get((i, j))
+                if tile is None:
+                    shape = (1, r1 - r0, c1 - c0)
+                    graph[(name, g, i, j)] = (
+                        functools.partial(np.full, shape, group.outside, dtype=np.float32),
+                    )
+                else:
+                    graph[(name, g, i, j)] = tile[np.newaxis]
+    chunks = ((1,) * len(groups), tuple(b - a for a, b in rows), tuple(b - a for a, b in cols))
     return da.Array(graph, name, chunks, dtype=np.float32)
 
 
@@ -176,14 +186,23 @@ def run_plan(
     start = time.perf_counter()
     if params.in_memory:
         tasks = [
-            dask.delayed(build_group_mosaic)(group, [infos[i] for i in group.members], params)
+            dask.delayed(masked_group_tiles)(
+                group,
+                [infos[i] for i in group.members],
+                params,
+                plan.grid_shape,
+                plan.tile_shape,
+                keep,
+            )
             for group in plan.groups
         ]
-        mosaics = list(runner.compute(*tasks, stage="drizzle"))
-        thresholds = [m.threshold for m in mosaics]
-        stack = _stack_from_mosaics(plan, mosaics, fill)
+        groups = list(runner.compute(*tasks, stage="drizzle"))
+        thresholds = [g.threshold for g in groups]
+        mosaics = [g.mosaic for g in groups] if keep else None
+        stack = _stack_from_group_tiles(plan, groups)
+        del groups
     else:
-        store.create(plan.n_groups, plan.grid_shape, plan.tile_shape)
+        store.create(plan.n_groups, plan.grid_shape, plan.tile_shape, data_fill=fill)
         tasks = [
             dask.delayed(_mosaic_to_store)(
                 group, [infos[i] for i in group.members], params, store, g

@@ -75,8 +75,17 @@ class ScratchStore:
 
     path: str
 
-    def create(self, n_groups: int, grid_shape: tuple[int, int], tile: tuple[int, int]) -> None:
-        """Create the empty arrays (no chunk is written until a task writes it)."""
+    def create(
+        self,
+        n_groups: int,
+        grid_shape: tuple[int, int],
+        tile: tuple[int, int],
+        data_fill: float = np.nan,
+    ) -> None:
+        """Create the empty arrays (no chunk is written until a task writes it).
+
+        ``data_fill`` is what mosaics hold where no input reaches (drizzle's ``fillval``).
+        """
         root = zarr.open_group(self.path, mode="w")
         for name in ("data", "weight"):
             root.create_array(
@@ -84,7 +93,7 @@ class ScratchStore:
                 shape=(n_groups, *grid_shape),
                 chunks=(1, *tile),
                 dtype="float32",
-                fill_value=np.nan if name == "data" else 0.0,
+                fill_value=data_fill if name == "data" else 0.0,
                 config={"write_empty_chunks": False},
             )
         root.create_array(

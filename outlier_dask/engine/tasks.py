@@ -29,11 +29,13 @@ from outlier_dask.parameters import OutlierParameters
 
 __all__ = [
     "GroupMosaic",
+    "GroupTiles",
     "MemberTaskInfo",
     "blot_and_flag_block",
     "MemberOutcome",
     "build_group_mosaic",
     "finish_member",
+    "masked_group_tiles",
     "median_of_tile",
     "tile_of_region",
 ]
@@ -130,6 +132,81 @@ def build_group_mosaic(
         )
     threshold = weight_threshold(weight, params.maskpt)
     return GroupMosaic(group.region, data, weight, float(threshold))
+
+
+@dataclass
+class GroupTiles:
+    """A group's masked mosaic cut into the grid's tiles (only the tiles it touches).
+
+    Attributes
+    ----------
+    tiles : dict of (int, int) to ndarray, each (ty, tx) float32
+        Masked mosaic values by tile index (row, column).
+    outside : float
+        Value of the masked mosaic where the group's region does not reach: the fill value,
+        or NaN when the weight mask hides zero-weight pixels (threshold above 0).
+    threshold : float
+        The group's weight threshold.
+    mosaic : GroupMosaic or None
+        The unmasked mosaic and its weight, kept for intermediate products.
+    """
+
+    tiles: dict[tuple[int, int], np.ndarray]
+    outside: float
+    threshold: float
+    mosaic: GroupMosaic | None
+
+
+def masked_group_tiles(
+    group: GroupPlan,
+    infos: list[MemberTaskInfo],
+    params: OutlierParameters,
+    grid_shape: tuple[int, int],
+    tile_shape: tuple[int, int],
+    keep_mosaic: bool,
+) -> GroupTiles:
+    """Build a group's mosaic, mask it by weight and cut it into tiles, all in the worker.
+
+    Only masked tiles travel back, half of what the mosaic and weight together would be.
+    """
+    mosaic = build_group_mosaic(group, infos, params)
+    masked = mosaic.masked()
+    (y0, y1), (x0, x1) = mosaic.region
+    ty, tx = tile_shape
+    tiles = {}
+    for i in range(y0 // ty, -(-y1 // ty)):
+        for j in range(x0 // tx, -(-x1 // tx)):
+            window = (
+                (i * ty, min((i + 1) * ty, grid_shape[0])),
+                (j * tx, min((j + 1) * tx, grid_shape[1])),
+            )
+            tiles[(i, j)] = tile_of_region(mosaic.region, masked, window, np.nan)
+    # Beyond the region the weight is 0 and the mosaic holds the fill value, as in the
+    # reference's full-grid mosaic, unless the weight mask hides it.
+    fill = fill_of(params)
+    outside = np.nan if mosaic.threshold > 0 else fill
+    if not np.isnan(outside):
+        tiles = {
+            k: np.where(_outside_region(mosaic.region, k, tile_shape, grid_shape), outside, t)
+            for k, t in tiles.items()
+        }
+    return GroupTiles(tiles, float(outside), mosaic.threshold, mosaic if keep_mosaic else None)
+
+
+def _outside_region(
+    region: Window,
+    index: tuple[int, int],
+    tile_shape: tuple[int, int],
+    grid_shape: tuple[int, int],
+) -> np.ndarray:
+    """Bool (ty, tx): pixels of tile ``index`` outside ``region``."""
+    (y0, y1), (x0, x1) = region
+    i, j = index
+    ty, tx = tile_shape
+    rows = np.arange(i * ty, min((i + 1) * ty, grid_shape[0]))
+    cols = np.arange(j * tx, min((j + 1) * tx, grid_shape[1]))
+    inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+    return ~inside
 
 
 def tile_of_region(region: Window, values: np.ndarray, tile: Window, fill: float) -> np.ndarray:
