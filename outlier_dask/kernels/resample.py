@@ -150,38 +150,51 @@ def blot_bilinear(
     yo = pixmap[..., 1].astype(np.float32)
     with np.errstate(invalid="ignore"):
         inside = (xo >= 0) & (xo < np.float32(nx)) & (yo >= 0) & (yo < np.float32(ny))
-    out = np.full(pixmap.shape[:2], np.nan, dtype=np.float32)
-    if not inside.any():
-        return out
-    x = xo[inside]
-    y = yo[inside]
+    everywhere = bool(inside.all())
+    if not everywhere and not inside.any():
+        return np.full(pixmap.shape[:2], np.nan, dtype=np.float32)
+    # Most blocks lie wholly on the median: then work on the full arrays, no compress/scatter.
+    x = xo if everywhere else xo[inside]
+    y = yo if everywhere else yo[inside]
     i = x.astype(np.intp)
     j = y.astype(np.intp)
     last_col = i == nx - 1
     last_row = j == ny - 1
+    edge = bool(last_col.any() or last_row.any())
     li, lj = i - x0, j - y0
-    if li.min() < 0 or lj.min() < 0 or (li + ~last_col).max() >= cx or (lj + ~last_row).max() >= cy:
+    reach_x = (li + ~last_col).max() if edge else li.max() + 1
+    reach_y = (lj + ~last_row).max() if edge else lj.max() + 1
+    if li.min() < 0 or lj.min() < 0 or reach_x >= cx or reach_y >= cy:
         raise ValueError("blot: the median cut-out does not cover the mapped positions")
     # Gathers on the flattened cut-out are several times faster than 2-D fancy indexing;
     # the step to the right (down) neighbour is 0 on the median's last column (row).
     flat = np.ascontiguousarray(median_cutout, dtype=np.float32).ravel()
-    k00 = lj * cx + li
-    step_x = (~last_col).astype(np.intp)
-    step_y = (~last_row).astype(np.intp) * cx
+    k00 = lj * cx
+    k00 += li
+    if edge:
+        step_x = (~last_col).astype(np.intp)
+        step_y = (~last_row).astype(np.intp) * cx
+        f10 = flat[k00 + step_x]
+        f01 = flat[k00 + step_y]
+        f11 = flat[k00 + step_x + step_y]
+    else:
+        f10 = flat[k00 + 1]
+        f01 = flat[k00 + cx]
+        f11 = flat[k00 + (cx + 1)]
     f00 = flat[k00]
-    f10 = flat[k00 + step_x]
-    f01 = flat[k00 + step_y]
-    f11 = flat[k00 + step_x + step_y]
     sx = x - i.astype(np.float32)
     sy = y - j.astype(np.float32)
     tx = np.float32(1) - sx
     ty = np.float32(1) - sy
     value = tx * ty * f00 + sx * ty * f10 + sy * tx * f01 + sx * sy * f11
-    if last_col.any() or last_row.any():
+    if edge:
         along_y = ty * f00 + sy * f01
         along_x = tx * f00 + sx * f10
         value = np.where(last_col & ~last_row, along_y, value)
         value = np.where(last_row & ~last_col, along_x, value)
         value = np.where(last_col & last_row, f00, value)
+    if everywhere:
+        return value
+    out = np.full(pixmap.shape[:2], np.nan, dtype=np.float32)
     out[inside] = value
     return out

@@ -101,3 +101,18 @@ def test_empty_region_is_fill_and_zero_weight():
     out, wht = drizzle_onto_region([], (0, 0), (3, 4), fillval="0")
     np.testing.assert_array_equal(out, np.zeros((3, 4), np.float32))
     np.testing.assert_array_equal(wht, np.zeros((3, 4), np.float32))
+
+
+def test_blot_wholly_inside_with_last_row_and_column_positions():
+    rng = np.random.default_rng(3)
+    shape = (40, 50)
+    median = rng.normal(size=shape).astype(np.float32)
+    pixmap = np.dstack(
+        [rng.uniform(0, shape[1] - 1, (20, 30)), rng.uniform(0, shape[0] - 1, (20, 30))]
+    )
+    pixmap[0, :5, 0] = shape[1] - 1
+    pixmap[1, :5, 1] = shape[0] - 1
+    pixmap[2, 0] = [shape[1] - 1, shape[0] - 1]
+    reference = np.empty((20, 30), dtype=np.float32)
+    blot_image(median, pixmap, out_img=reference, fillval=np.nan, iscale=1.0, interp="linear")
+    np.testing.assert_array_equal(blot_bilinear(median, (0, 0), shape, pixmap), reference)
