@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -304,8 +305,10 @@ def _interrupt_run(association, tmp_path, stage, signum, extra):
             process.kill()
             process.wait()
     reader.join(5)
-    pids = [int(line.split("pid=")[1]) for line in lines if "OD-TEST-HOOK" in line]
-    return status, elapsed, "".join(lines), pids
+    text = "".join(lines)
+    # Workers may write their markers at the same moment, interleaved on one line.
+    pids = [int(pid) for pid in re.findall(r"pid=(\d+)", text)]
+    return status, elapsed, text, pids
 
 
 @pytest.mark.slow

@@ -294,3 +294,37 @@ def test_free_space_adds_up_on_one_disk_and_not_across(tmp_path, monkeypatch):
     validation.check_free_space([("products", a, 1000), ("scratch", b, 400)])
     with pytest.raises(OutputError, match=r"about 1.6 kB \(products 1.0 kB \+ scratch 600 B\)"):
         validation.check_free_space([("products", a, 1000), ("scratch", b, 600)])
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        (["run", "{tmp}/missing_asn.json"], 1, "association file not found"),
+        (["run", "{asn}", "--max-grid-pixels", "0"], 2, "max_grid_pixels: must be"),
+        (["run", "{asn}", "--max-grid-pixels", "100"], 1, "above the limit of 0 Mpix"),
+        (["run", "{asn}", "--scheduler", "tcp://127.0.0.1:{port}"], 1, "cannot connect to"),
+        (["run", "{asn}", "--output-dir", "{tmp}/file"], 1, "exists and is not a folder"),
+        (["run", "{asn}", "--tls-cert", "x.pem"], 2, "TLS files need a tls://"),
+    ],
+)
+def test_command_line_errors_are_one_line_with_a_status(
+    association, tmp_path, capsys, argv, status, message
+):
+    from outlier_dask.cli import main
+
+    (tmp_path / "file").write_text("x")
+    values = {"tmp": tmp_path, "asn": association.asn_path, "port": _closed_port()}
+    argv = [a.format(**values) for a in argv]
+    if "--output-dir" not in argv:
+        argv += ["--output-dir", str(tmp_path / "out")]
+    if "--scheduler" not in argv:
+        argv += ["--scheduler", "synchronous"]
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("outlier-dask: error:")]
+    assert len(errors) == 1, err
+    assert message in errors[0]
+    assert "Traceback" not in err
