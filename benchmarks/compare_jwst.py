@@ -59,6 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DOCS = REPO_ROOT / "docs" / "performance.md"
 RESULT_MARKER = "@@compare_jwst-result@@ "
 DATA_MARKER = ".compare_jwst-complete.json"
+RESULTS_FILE = "results.json"
 RUN_MARKER = ".compare_jwst-run.json"
 OUTLIER = 16  # JWST DQ bit 4
 GIB = 2**30
@@ -150,6 +151,9 @@ class Measurement:
         Largest sum of RSS over the child's process tree in one sample.
     peak_processes : int
         Processes in the tree at that sample.
+    peak_pss_bytes : int
+        Largest sum of PSS (proportional set size: shared pages split among the processes
+        sharing them) over the tree in one sample; 0 where the system does not report PSS.
     import_s, call_s : float or None
         Reported by the child: importing the package, and the step / ``detect_outliers`` call.
     timings : dict
@@ -179,6 +183,7 @@ class Measurement:
     cpu_sampled_s: float
     peak_rss_bytes: int
     peak_processes: int
+    peak_pss_bytes: int = 0
     import_s: float | None = None
     call_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -333,6 +338,7 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.interval = interval
         self.peak_rss = 0
+        self.peak_pss = 0
         self.peak_processes = 0
         self._cpu: dict[tuple[int, float], float] = {}
         self._done = threading.Event()
@@ -341,20 +347,31 @@ class TreeSampler(threading.Thread):
         """Take one sample of the whole tree below this process."""
         import psutil
 
-        total, count = 0, 0
+        total, total_pss, count = 0, 0, 0
         for proc in psutil.Process().children(recursive=True):
             try:
                 with proc.oneshot():
                     rss = proc.memory_info().rss
                     times = proc.cpu_times()
                     key = (proc.pid, proc.create_time())
+                pss = self._pss(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             total += rss
+            total_pss += pss
             count += 1
             self._cpu[key] = times.user + times.system
         if total > self.peak_rss:
             self.peak_rss, self.peak_processes = total, count
+        self.peak_pss = max(self.peak_pss, total_pss)
+
+    @staticmethod
+    def _pss(proc: Any) -> int:
+        """PSS of ``proc`` in bytes (Linux ``smaps_rollup``), 0 if unavailable."""
+        try:
+            return getattr(proc.memory_full_info(), "pss", 0)
+        except (AttributeError, NotImplementedError):
+            return 0
 
     @property
     def cpu_seconds(self) -> float:
@@ -490,6 +507,7 @@ def measure_run(
         cpu_sampled_s=sampler.cpu_seconds,
         peak_rss_bytes=sampler.peak_rss,
         peak_processes=sampler.peak_processes,
+        peak_pss_bytes=sampler.peak_pss,
         other_cpu_s=other_cpu,
         repeat_walls=[wall],
         log_path=str(log_path),
@@ -698,34 +716,42 @@ def speedup_lines(results: list[Measurement]) -> list[str]:
     return lines
 
 
-def stage_table(results: list[Measurement]) -> str:
-    """Per-stage seconds of the outlier_dask runs, plus the call and process overheads."""
+def stage_table(results: list[Measurement]) -> tuple[str, bool]:
+    """Per-stage seconds of the outlier_dask runs, plus the call and process overheads.
+
+    Returns the Markdown table and whether the stages overlap (their sum exceeds the
+    ``total`` that newer versions report: ``write`` is then task-seconds spent writing inside
+    the ``blot_flag`` stage, summed over workers).
+    """
     ours = [m for m in results if m.ok and RUNS_BY_NAME[m.name].engine == "outlier_dask"]
     if not ours:
-        return ""
-    stages = list(STAGES) + sorted({s for m in ours for s in m.timings} - set(STAGES))
+        return "", False
+    extra = sorted({s for m in ours for s in m.timings} - set(STAGES) - {"total"})
+    stages = [*STAGES, *extra]
+
+    def row(name: str, values: list[float | None]) -> str:
+        return f"| {name} | " + " | ".join(_number(v, 2) for v in values) + " |"
+
     lines = [
         "| stage | " + " | ".join(f"{m.label} s" for m in ours) + " |",
         "|---|" + "---:|" * len(ours),
     ]
-    for stage in stages:
-        cells = " | ".join(_number(m.timings.get(stage), 2) for m in ours)
-        lines.append(f"| {stage} | {cells} |")
-    lines.append(
-        "| other (scheduler start/stop, scratch) | "
-        + " | ".join(f"{m.call_s - sum(m.timings.values()):.2f}" for m in ours)
-        + " |"
-    )
-    lines.append(
-        "| **detect_outliers call** | " + " | ".join(f"{m.call_s:.2f}" for m in ours) + " |"
-    )
-    lines.append("| import outlier_dask | " + " | ".join(f"{m.import_s:.2f}" for m in ours) + " |")
-    lines.append(
-        "| interpreter start + exit | "
-        + " | ".join(f"{m.wall_s - m.call_s - m.import_s:.2f}" for m in ours)
-        + " |"
-    )
-    return "\n".join(lines)
+    lines += [row(stage, [m.timings.get(stage) for m in ours]) for stage in stages]
+    overlap = False
+    for m in ours:
+        staged = sum(m.timings.get(stage, 0.0) for stage in stages)
+        overlap |= staged > 1.01 * m.timings.get("total", m.call_s)
+    if not overlap:
+        lines.append(
+            row(
+                "other (inputs, scheduler start/stop, scratch)",
+                [m.call_s - sum(m.timings.get(s, 0.0) for s in stages) for m in ours],
+            )
+        )
+    lines.append(row("**detect_outliers call**", [m.call_s for m in ours]))
+    lines.append(row("import outlier_dask", [m.import_s for m in ours]))
+    lines.append(row("interpreter start + exit", [m.wall_s - m.call_s - m.import_s for m in ours]))
+    return "\n".join(lines), overlap
 
 
 def overhead_lines(results: list[Measurement]) -> list[str]:
@@ -741,50 +767,86 @@ def overhead_lines(results: list[Measurement]) -> list[str]:
         lines.append(
             f"- {m.label}: call {m.call_s:.1f} s, import {m.import_s:.1f} s, "
             f"interpreter start/exit {m.wall_s - m.call_s - m.import_s:.1f} s; "
-            f"{m.peak_processes} process(es) at peak memory; {differing} pixels differ "
+            f"peak PSS {m.peak_pss_bytes / GIB:.2f} GiB, {m.peak_processes} process(es) at "
+            f"peak RSS; {differing} pixels differ "
             f"from jwst; other processes on the machine used {m.other_cpu_s:.1f} CPU s "
             f"({m.other_cpu_s / m.wall_s:.2f} cores on average){repeats}"
         )
     return lines
 
 
-def report_markdown(
-    case_name: str,
-    command: str,
-    results: list[Measurement],
-    reference_note: str,
-    interval: float,
-    exact_cpu: bool,
-    config: dict[str, Any],
-) -> str:
-    """The documentation section (without its markers)."""
+def run_context(args: argparse.Namespace, config: dict[str, Any], exact_cpu: bool) -> dict:
+    """What the report says about an invocation: command, date, machine, versions, method.
+
+    Taken before the runs, so the versions are those the runs imported.
+    """
+    return {
+        "case": args.case,
+        "command": shlex.join(["python", "benchmarks/compare_jwst.py", *sys.argv[1:]]),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "versions": versions(),
+        "config": config,
+        "interval": args.interval,
+        "exact_cpu": exact_cpu,
+        "reference_note": "",
+    }
+
+
+def contention_warning(results: list[Measurement], limit: float = 0.1) -> list[str]:
+    """A warning paragraph when other processes kept the machine busy during the runs."""
+    busy = [m.other_cpu_s / m.wall_s for m in results if m.wall_s > 0]
+    if not busy or max(busy) <= limit:
+        return []
+    return [
+        f"**The machine was shared**: other processes used {min(busy):.2f}–{max(busy):.2f} "
+        "cores on average while the runs ran (per run below), so wall times are inflated and "
+        "noisy; CPU s is less affected.",
+        "",
+    ]
+
+
+def report_markdown(context: dict[str, Any], results: list[Measurement]) -> str:
+    """The documentation section (without its markers).
+
+    Parameters
+    ----------
+    context : dict
+        From :func:`run_context`.
+    results : list of Measurement
+        The runs, in table order.
+    """
+    case_name = context["case"]
     case = CASES[case_name]
-    machine = machine_description()
-    found = versions()
+    machine = context["machine"]
     n_inputs = case.n_exposures * case.n_detectors
     cpu_method = (
         "getrusage(RUSAGE_CHILDREN) with the parent as child subreaper (whole tree, exact)"
-        if exact_cpu
+        if context["exact_cpu"]
         else "max of getrusage(RUSAGE_CHILDREN) and psutil samples of the tree"
     )
+    interval = context["interval"]
+    reference_note = context["reference_note"]
     parts = [
         f"## compare_jwst: {case_name} ({case.describe()}, {n_inputs} inputs)",
         "",
-        f"- Command: `{command}`",
-        f"- Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- Command: `{context['command']}`",
+        f"- Date: {context['date']}",
         f"- Machine: {machine['cores']} cores available (sched_getaffinity), "
         f"{machine['memory']} RAM, {machine['cpu']}, {machine['os']}",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
-        f"- Data: `outlier_dask.synthetic.write_association` with seed {config['seed']}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in context["versions"].items()),
+        f"- Data: `outlier_dask.synthetic.write_association` with seed {context['config']['seed']}",
         "",
         results_table(results),
         "",
+        *contention_warning(results),
         "Each run is a fresh Python process started by the script; wall time is from its start "
         "to its exit (imports included). CPU s is user + system time of the process and all its "
         f"descendants: {cpu_method}. Peak RSS is the largest sum of RSS over the process tree "
         f"in samples taken every {interval:g} s (pages shared between forked workers are "
-        "counted once per process). flagged: OUTLIER (DQ 16) pixels in the written `_crf.fits` "
-        f"files; Jaccard: |A∩B|/|A∪B| of those masks against jwst defaults{reference_note}, "
+        "counted once per process; the peak PSS below splits them instead). flagged: "
+        "OUTLIER (DQ 16) pixels in the written `_crf.fits` files; Jaccard: |A∩B|/|A∪B| of "
+        f"those masks against jwst defaults{reference_note}, "
         "over all inputs.",
         "",
     ]
@@ -796,7 +858,7 @@ def report_markdown(
             *speedups,
             "",
         ]
-    stages = stage_table(results)
+    stages, overlap = stage_table(results)
     if stages:
         parts += [
             "Per-stage wall time of the outlier_dask runs (`OutlierResult.timings`):",
@@ -804,6 +866,13 @@ def report_markdown(
             stages,
             "",
         ]
+        if overlap:
+            parts += [
+                "The stages overlap: in this version `write` is the task-seconds spent writing "
+                "the products inside the blot_flag stage (summed over workers), so the rows do "
+                "not add up to the call.",
+                "",
+            ]
     parts += ["Where the wall time goes in each run:", "", *overhead_lines(results)]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -842,6 +911,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     asn_path, data_id = ensure_data(case_dir / "data", config)
     run_root = case_dir / "runs"
     exact_cpu = become_subreaper()
+    context = run_context(args, config, exact_cpu)
     results = []
     for spec in selected_runs(args):
         print(f"running {spec.name}: {spec.label} ...", flush=True)
@@ -862,7 +932,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     stems = input_stems(asn_path)
     reference = load_reference(run_root, data_id, stems)
     ran_reference = any(m.name == REFERENCE_RUN and m.ok for m in results)
-    reference_note = "" if ran_reference or reference is None else " (from an earlier invocation)"
+    if reference is not None and not ran_reference:
+        context["reference_note"] = " (from an earlier invocation)"
     for m in results:
         if not m.ok:
             continue
@@ -874,19 +945,36 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if reference is None:
         print("no jwst-defaults products for this data: Jaccard not computed", file=sys.stderr)
 
-    command = shlex.join(["python", "benchmarks/compare_jwst.py", *sys.argv[1:]])
-    body = report_markdown(
-        args.case, command, results, reference_note, args.interval, exact_cpu, config
+    (case_dir / RESULTS_FILE).write_text(
+        json.dumps({"context": context, "runs": [asdict(m) for m in results]}, indent=2) + "\n"
     )
+    publish(context, results, args)
+    return 0 if all(m.ok for m in results) else 1
+
+
+def publish(context: dict[str, Any], results: list[Measurement], args: argparse.Namespace) -> None:
+    """Print the report and, with ``--write-docs``, write it into the docs file."""
+    body = report_markdown(context, results)
     print()
     print(body)
-    (case_dir / "results.json").write_text(
-        json.dumps([asdict(m) for m in results], indent=2) + "\n"
-    )
     if args.write_docs:
-        write_docs_section(Path(args.docs), args.case, body)
-        print(f"wrote section '{args.case}' of {args.docs}")
-    return 0 if all(m.ok for m in results) else 1
+        write_docs_section(Path(args.docs), context["case"], body)
+        print(f"wrote section '{context['case']}' of {args.docs}")
+
+
+def republish(args: argparse.Namespace) -> int:
+    """Report the last invocation's results for ``args.case`` again, without running anything.
+
+    Useful after changing the report's layout: the command, date, machine and versions are
+    those recorded by the invocation that measured.
+    """
+    path = Path(args.data_dir) / args.case / RESULTS_FILE
+    if not path.is_file():
+        print(f"{path}: no results to report; run the benchmark first", file=sys.stderr)
+        return 1
+    saved = json.loads(path.read_text())
+    publish(saved["context"], [Measurement(**m) for m in saved["runs"]], args)
+    return 0
 
 
 def tail(path: Path, n: int) -> str:
@@ -929,6 +1017,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-docs", action="store_true", help="write this case's section of --docs"
     )
     parser.add_argument("--docs", default=str(DEFAULT_DOCS), help="Markdown file to update")
+    parser.add_argument(
+        "--from-results",
+        action="store_true",
+        help="run nothing: report the case's last saved results again (with --write-docs: "
+        "rewrite its docs section)",
+    )
     # internal: the child side of one run
     parser.add_argument("--child", choices=sorted(RUNS_BY_NAME), help=argparse.SUPPRESS)
     parser.add_argument("--asn", help=argparse.SUPPRESS)
@@ -947,6 +1041,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if str(REPO_ROOT) not in sys.path:  # the package is used from this checkout
         sys.path.insert(0, str(REPO_ROOT))
+    if args.from_results:
+        return republish(args)
     return run_benchmark(args)
 
 
