@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 from stdatamodels.jwst import datamodels
 
+from outlier_dask.engine.budget import fit_to_budget
 from outlier_dask.engine.estimate import estimate_resources
 from outlier_dask.engine.plan import Plan, make_plan
 from outlier_dask.engine.run import EngineResult, run_plan
-from outlier_dask.engine.scratch import local_work_dir
-from outlier_dask.engine.stores import ScratchStore, scratch_directory, scratch_parent
+from outlier_dask.engine.scratch import local_work_dir, scratch_store
+from outlier_dask.engine.stores import scratch_directory, scratch_parent
 from outlier_dask.io.association import AssociationError, AssociationMember, read_association
+from outlier_dask.io.flagged_fits import write_flagged_fits
 from outlier_dask.io.members import Member, members_from_files, members_from_models, stem_of
 from outlier_dask.io.outputs import (
     apply_outlier_mask,
@@ -33,7 +34,6 @@ from outlier_dask.io.outputs import (
     output_path_for,
     removed_on_failure,
     write_blot,
-    write_flagged_file,
     write_image,
 )
 from outlier_dask.io.validation import (
@@ -72,8 +72,9 @@ class OutlierResult:
     status : str
         ``COMPLETE`` or ``SKIPPED``.
     timings : dict of str to float
-        Wall seconds per stage: ``plan``, ``drizzle``, ``median``, ``blot_flag``, ``write`` and
-        ``total`` (the whole call).
+        Wall seconds of ``plan``, ``drizzle``, ``median``, ``blot_flag`` (blot, compare and
+        writing the products) and ``total`` (the whole call); ``write`` is different: the
+        task-seconds spent writing products inside ``blot_flag``, summed over workers.
     parameters : OutlierParameters
         The parameters used.
     report : dict
@@ -313,6 +314,7 @@ def detect_outliers(
         return _finish(skipped, product, members, None, None, None, extras)
     started = time.perf_counter()
     plan = make_plan(members, product, params)
+    plan, params = fit_to_budget(plan, params).apply(plan, params)
     timings = {"plan": time.perf_counter() - started}
     _check_free_space(plan, params)
     log.info(
@@ -321,15 +323,26 @@ def detect_outliers(
         plan.n_groups,
         *plan.grid_shape,
     )
-    with scratch_directory(params.work_dir) as scratch:
-        store = None if params.in_memory else ScratchStore(str(scratch / "stack.zarr"))
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(scratch_directory(local_work_dir(params.work_dir)))
+        store = (
+            None
+            if params.in_memory
+            else stack.enter_context(scratch_store(params.work_dir, scratch))
+        )
         with start_runner(params, client, str(scratch), security) as runner:
             runner.progress = display
-            result = run_plan(plan, params, runner, store, keep_median=extras.plot is not None)
+            result = run_plan(
+                plan,
+                params,
+                runner,
+                store,
+                writers=_product_writers(plan, outputs) if from_files else None,
+                keep_median=extras.plot is not None,
+                keep_masks=extras.plot is not None,
+            )
             timings.update(result.timings)
-            started = time.perf_counter()
-            written = _write_products(plan, result, outputs, from_files, params, runner)
-            timings["write"] = time.perf_counter() - started
+            written = _write_products(plan, result, outputs, from_files, params)
     flagged = {m.name: n for m, n in zip(members, result_counts(result), strict=True)}
     for name, count in flagged.items():
         log.info("%s: %d pixels marked as outliers", name, count)
@@ -421,14 +434,22 @@ def _finish(
 
 def result_counts(result: EngineResult) -> list[int]:
     """Pixels flagged per member."""
-    return [int(m.sum()) for m in result.masks]
+    return list(result.flagged)
+
+
+def _product_writers(plan: Plan, outputs: list[Path]) -> list[Callable[[np.ndarray], int]]:
+    """Per member, the call that writes its ``_crf`` product from its mask (run in a worker)."""
+    return [
+        functools.partial(write_flagged_fits, member.path, final=path)
+        for member, path in zip(plan.members, outputs, strict=True)
+    ]
 
 
 def _skip(members, outputs, from_files, params) -> OutlierResult:
     written: list[Any] = []
     for k, member in enumerate(members):
         if from_files:
-            write_flagged_file(member, None, outputs[k])
+            write_flagged_fits(member.path, None, outputs[k])
             written.append(outputs[k])
         else:
             model = member_model_copy(member)
@@ -448,16 +469,14 @@ def _write_products(
     outputs: list[Path],
     from_files: bool,
     params: OutlierParameters,
-    runner,
 ) -> list[Any]:
+    """Intermediate files, and the flagged models of in-memory inputs.
+
+    File inputs' products were written by the engine's per-input tasks (``writers``).
+    """
     if params.save_intermediate_results:
         _write_intermediates(plan, result, params)
     if from_files:
-        tasks = [
-            dask.delayed(write_flagged_file)(member, mask, path)
-            for member, mask, path in zip(plan.members, result.masks, outputs, strict=True)
-        ]
-        runner.compute(*tasks, stage="write")
         return outputs
     flagged_models = []
     for member, mask in zip(plan.members, result.masks, strict=True):

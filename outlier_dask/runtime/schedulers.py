@@ -127,7 +127,8 @@ def _started_process_pool(n: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of ``n`` forked workers, all started before this process starts any thread.
 
     Forking (rather than spawning) keeps the engine's imports, and does not re-run the caller's
-    script in the workers, so a script calling ``detect_outliers`` needs no ``__main__`` guard.
+    script in the workers, so a script calling ``detect_outliers`` with this scheduler needs no
+    ``__main__`` guard (``local-cluster`` starts processes the usual way and does need one).
     Workers are started at once, while this process has no helper threads (Zarr's event loop,
     dask's thread pools) that a fork could copy in a locked state.
     """
@@ -213,7 +214,9 @@ def _distributed_runner(
                 threads_per_worker=params.threads_per_worker,
                 memory_limit=memory,
                 processes=True,
-                dashboard_address=":0",
+                # The laptop mode listens on loopback only, the dashboard on a free port.
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
                 local_directory=spill_dir,
             ) as cluster,
             Client(cluster) as client,
