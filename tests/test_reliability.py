@@ -344,6 +344,20 @@ def test_interrupt_exits_promptly_and_cleanly(
 
 
 @pytest.mark.slow
+def test_workers_end_when_the_run_is_killed_outright(association, tmp_path):
+    """SIGKILL (or the out-of-memory killer) allows no clean-up, but leaves no worker behind."""
+    status, _, stderr, pids = _interrupt_run(
+        association, tmp_path, "drizzle", signal.SIGKILL, ["--in-memory=False"]
+    )
+    assert status == -signal.SIGKILL
+    assert pids, stderr
+    deadline = time.monotonic() + 10
+    while not all(_process_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_process_gone(pid) for pid in pids), f"workers {pids} outlived a killed run"
+
+
+@pytest.mark.slow
 def test_rerun_from_the_command_line_after_an_interrupt(association, tmp_path, reference_dq):
     status, _, stderr, _ = _interrupt_run(association, tmp_path, "blot", signal.SIGTERM, [])
     assert status != 0, stderr

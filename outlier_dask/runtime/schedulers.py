@@ -10,10 +10,12 @@ from Python is used as it is.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.pool
 import os
+import signal
 import ssl
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -122,6 +124,24 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
+#: Linux ``prctl`` option: the signal a process gets when its parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end with the run's process, even if that is killed outright.
+
+    A killed parent (SIGKILL, the out-of-memory killer) cannot stop its pool, whose workers
+    would wait for work forever. On Linux the kernel sends them SIGKILL instead.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(1)
+
+
 @contextlib.contextmanager
 def _started_process_pool(n: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of ``n`` forked workers, all started before this process starts any thread.
@@ -133,7 +153,12 @@ def _started_process_pool(n: int) -> Iterator[ProcessPoolExecutor]:
     dask's thread pools) that a fork could copy in a locked state.
     """
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=context)
+    pool = ProcessPoolExecutor(
+        max_workers=n,
+        mp_context=context,
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         futures = [pool.submit(_worker_ready) for _ in range(n)]
         for future in futures:
