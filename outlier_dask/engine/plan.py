@@ -126,17 +126,20 @@ def _groups_in_order(members: list[Member]) -> dict[str, list[int]]:
     return groups
 
 
-def _member_region(pixel_map: PixelMap, grid_shape: tuple[int, int]) -> Window | None:
-    ny, nx = pixel_map.shape
-    bounds = pixel_map.border_bounds((0, ny), (0, nx))
+def _mapped_window(
+    pixel_map: PixelMap, window: Window, grid_shape: tuple[int, int], margin: int
+) -> Window | None:
+    """The rectangle of the grid an input window maps into, plus ``margin`` pixels, clipped
+    to the grid (None if it maps nowhere on it)."""
+    bounds = pixel_map.border_bounds(*window)
     if bounds is None:
         return None
     xmin, xmax, ymin, ymax = bounds
     gy, gx = grid_shape
-    y0 = max(0, math.floor(ymin) - REGION_MARGIN_PX)
-    y1 = min(gy, math.ceil(ymax) + REGION_MARGIN_PX + 1)
-    x0 = max(0, math.floor(xmin) - REGION_MARGIN_PX)
-    x1 = min(gx, math.ceil(xmax) + REGION_MARGIN_PX + 1)
+    y0 = max(0, math.floor(ymin) - margin)
+    y1 = min(gy, math.ceil(ymax) + margin + 1)
+    x0 = max(0, math.floor(xmin) - margin)
+    x1 = min(gx, math.ceil(xmax) + margin + 1)
     if y0 >= y1 or x0 >= x1:
         return None
     return (y0, y1), (x0, x1)
@@ -167,24 +170,9 @@ def _blocks_of(
             if pixel_map is None:
                 cutout: Window | None = outer
             else:
-                cutout = _cutout_for(pixel_map, outer, grid_shape)
+                cutout = _mapped_window(pixel_map, outer, grid_shape, CUTOUT_MARGIN_PX)
             blocks.append(BlockPlan(member.index, ((r0, r1), (c0, c1)), outer, cutout))
     return blocks
-
-
-def _cutout_for(pixel_map: PixelMap, outer: Window, grid_shape: tuple[int, int]) -> Window | None:
-    bounds = pixel_map.border_bounds(*outer)
-    if bounds is None:
-        return None
-    xmin, xmax, ymin, ymax = bounds
-    gy, gx = grid_shape
-    y0 = max(0, math.floor(ymin) - CUTOUT_MARGIN_PX)
-    y1 = min(gy, math.floor(ymax) + CUTOUT_MARGIN_PX + 1)
-    x0 = max(0, math.floor(xmin) - CUTOUT_MARGIN_PX)
-    x1 = min(gx, math.floor(xmax) + CUTOUT_MARGIN_PX + 1)
-    if y0 >= y1 or x0 >= x1:
-        return None
-    return (y0, y1), (x0, x1)
 
 
 def make_plan(members: list[Member], product_name: str, params: OutlierParameters) -> Plan:
@@ -221,7 +209,13 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
         log.debug("%s: pixel map by %s, max error %.2g px", m.name, pm.method, pm.max_error_px)
     groups = []
     for group_id, indices in _groups_in_order(members).items():
-        regions = [r for i in indices if (r := _member_region(pixel_maps[i], grid_shape))]
+        regions = []
+        for i in indices:
+            ny, nx = members[i].shape
+            whole = ((0, ny), (0, nx))
+            region = _mapped_window(pixel_maps[i], whole, grid_shape, REGION_MARGIN_PX)
+            if region is not None:
+                regions.append(region)
         region = _union(regions) if regions else ((0, 0), (0, 0))
         groups.append(GroupPlan(group_id, tuple(indices), region))
     blocks = [
