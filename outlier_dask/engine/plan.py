@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import gwcs
-import numpy as np
 
 from outlier_dask.geometry.output_grid import footprints_from_s_region, output_wcs_from_footprints
 from outlier_dask.geometry.pixel_map import PixelMap, build_pixel_map
@@ -238,8 +237,3 @@ def _plan_without_resampling(
     groups = [GroupPlan(m.name, (m.index,), full) for m in members]
     blocks = [b for m in members for b in _blocks_of(m, None, shape, params.block_size, 0)]
     return Plan(members, product_name, None, shape, None, groups, tile, blocks)
-
-
-def covered_fraction(median_valid: np.ndarray) -> float:
-    """Fraction of pixels with a finite median value (for reports)."""
-    return float(np.mean(median_valid)) if median_valid.size else 0.0

@@ -91,10 +91,9 @@ class FileSource(PixelSource):
 
 @dataclass(frozen=True)
 class ArraySource(PixelSource):
-    """Arrays held in memory (from an ``ImageModel``), with the window they start at."""
+    """Arrays held in memory (from an ``ImageModel``)."""
 
     arrays: dict[str, np.ndarray] = field(repr=False)
-    origin: tuple[int, int] = (0, 0)
 
     def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
         """See :meth:`PixelSource.read`."""
@@ -103,21 +102,13 @@ class ArraySource(PixelSource):
             return None
         if window is not None:
             (r0, r1), (c0, c1) = window
-            oy, ox = self.origin
-            data = data[r0 - oy : r1 - oy, c0 - ox : c1 - ox]
+            data = data[r0:r1, c0:c1]
         return np.array(data, dtype=_dtype(name))
 
     def shape_of(self, name: str) -> tuple[int, ...] | None:
         """See :meth:`PixelSource.shape_of`."""
         data = self.arrays.get(name)
         return None if data is None else tuple(np.shape(data))
-
-    def cut(self, window: Window) -> ArraySource:
-        """A source holding only ``window``, so a task ships only the pixels it needs."""
-        (r0, r1), (c0, c1) = window
-        oy, ox = self.origin
-        arrays = {k: v[r0 - oy : r1 - oy, c0 - ox : c1 - ox] for k, v in self.arrays.items()}
-        return ArraySource(arrays, (r0, c0))
 
 
 def _unscaled(raw: np.ndarray, header: fits.Header, dtype: type) -> np.ndarray:

@@ -30,7 +30,6 @@ __all__ = [
     "output_path_for",
     "removed_on_failure",
     "write_blot",
-    "write_flagged_file",
     "write_image",
 ]
 
@@ -145,21 +144,6 @@ def apply_outlier_mask(model: datamodels.ImageModel, mask: np.ndarray, status: s
             setattr(model, name, value)
     model.meta.cal_step.outlier_detection = status
     return int(np.count_nonzero(mask))
-
-
-def write_flagged_file(member: Member, mask: np.ndarray | None, final: Path) -> int:
-    """Read an input file, flag it and write it as ``final``; returns pixels flagged.
-
-    ``mask`` None writes the input unchanged with status ``SKIPPED``.
-    """
-    with datamodels.ImageModel(str(member.path)) as model:
-        if mask is None:
-            model.meta.cal_step.outlier_detection = "SKIPPED"
-            count = 0
-        else:
-            count = apply_outlier_mask(model, mask, "COMPLETE")
-        _save(model, final)
-    return count
 
 
 def write_image(
