@@ -1,0 +1,111 @@
+"""Writing a synthetic association to disk: ``_cal.fits`` files and the association JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from outlier_dask.synthetic.config import _OBSERVATION_IDS, SyntheticConfig
+from outlier_dask.synthetic.frames import _iter_frames
+
+
+@dataclass(frozen=True)
+class SyntheticAssociation:
+    """A written synthetic association.
+
+    Attributes
+    ----------
+    asn_path : Path
+        The association JSON.
+    cal_paths : list of Path
+        The ``_cal.fits`` files, in association member order (exposure-major).
+    truth : dict of str to ndarray
+        Basename of each cal file -> bool ``(ny, nx)`` mask of injected cosmic rays.
+    product_name : str
+        Name of the association's single product.
+    """
+
+    asn_path: Path
+    cal_paths: list[Path]
+    truth: dict[str, np.ndarray]
+    product_name: str
+
+
+def write_association(
+    directory: str | Path,
+    *,
+    n_exposures: int = 4,
+    n_detectors: int = 2,
+    detector_shape: tuple[int, int] = (256, 256),
+    seed: int = 0,
+    product_name: str = "synth",
+    **options: Any,
+) -> SyntheticAssociation:
+    """Write a synthetic association: ``<name>_cal.fits`` files and ``<product_name>_asn.json``.
+
+    Frames are generated and saved one at a time, so memory holds one frame at once.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Output folder, created if missing; member names in the association are relative to it.
+    n_exposures, n_detectors, detector_shape, seed, **options
+        As for :func:`make_models`.
+    product_name : str
+        Name of the association's product (and prefix of the JSON file).
+
+    Returns
+    -------
+    SyntheticAssociation
+        Paths and cosmic-ray truth masks.
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range. ``TypeError`` for an unknown option.
+    """
+    config = SyntheticConfig(
+        n_exposures=n_exposures,
+        n_detectors=n_detectors,
+        detector_shape=(int(detector_shape[0]), int(detector_shape[1])),
+        seed=seed,
+        **options,
+    )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cal_paths, truth = [], {}
+    for model, cosmic_rays in _iter_frames(config):
+        path = directory / model.meta.filename
+        model.save(path)
+        model.close()
+        cal_paths.append(path)
+        truth[path.name] = cosmic_rays
+    asn_path = directory / f"{product_name}_asn.json"
+    asn_path.write_text(json.dumps(_association(product_name, cal_paths), indent=4))
+    return SyntheticAssociation(asn_path, cal_paths, truth, product_name)
+
+
+def _association(product_name: str, cal_paths: list[Path]) -> dict[str, Any]:
+    """Level-3 image association (the shape ``jwst.associations.load_asn`` accepts)."""
+    return {
+        "asn_type": "image3",
+        "asn_rule": "candidate_Asn_Lv3Image",
+        "version_id": None,
+        "code_version": "outlier_dask.synthetic",
+        "degraded_status": "No known degraded exposures in association.",
+        "program": _OBSERVATION_IDS["program_number"],
+        "constraints": "synthetic",
+        "asn_id": "o001",
+        "target": "t001",
+        "asn_pool": "synthetic_pool",
+        "products": [
+            {
+                "name": product_name,
+                "members": [{"expname": p.name, "exptype": "science"} for p in cal_paths],
+            }
+        ],
+    }
