@@ -10,13 +10,8 @@ detector)``, so the scene, the noise, the bad pixels and the cosmic rays can eac
 without changing the others (e.g. ``cr_fraction=0`` gives the same frames without cosmic
 rays).
 
-Geometry of one detector (pixel ``(x, y)`` to ICRS)::
-
-    centre and normalise      u = (x - xc) / h,  v = (y - yc) / h      h = max(nx, ny) / 2
-    distortion (cubic)        (u, v) -> (p, q)    fitted polynomial inverse
-    focal plane [arcsec]      (p, q) * h * pixel_scale + detector offset
-    pointing                  AffineTransformation2D(PC(roll, v3yangle, vparity) / 3600)
-                              | Pix2Sky_TAN | RotateNative2Celestial(ra, dec, 180)
+The geometry of one detector, pixel to ICRS, is described in
+:mod:`outlier_dask.synthetic.geometry`.
 
 The ``PC`` matrix is the one jwst builds from ``meta.wcsinfo`` (``roll_ref``, ``v3yangle``,
 ``vparity``) for the resampled output grid, so that grid is aligned with the detectors.

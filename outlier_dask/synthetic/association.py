@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from outlier_dask.synthetic.config import _OBSERVATION_IDS, SyntheticConfig
+from outlier_dask.synthetic.config import _OBSERVATION_IDS, config_of
 from outlier_dask.synthetic.frames import _iter_frames
 
 
@@ -68,13 +68,7 @@ def write_association(
     ValueError
         If an option is out of range. ``TypeError`` for an unknown option.
     """
-    config = SyntheticConfig(
-        n_exposures=n_exposures,
-        n_detectors=n_detectors,
-        detector_shape=(int(detector_shape[0]), int(detector_shape[1])),
-        seed=seed,
-        **options,
-    )
+    config = config_of(n_exposures, n_detectors, detector_shape, seed, **options)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cal_paths, truth = [], {}

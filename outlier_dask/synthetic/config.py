@@ -163,6 +163,23 @@ class SyntheticConfig:
 # --------------------------------------------------------------------------- naming
 
 
+def config_of(
+    n_exposures: int,
+    n_detectors: int,
+    detector_shape: tuple[int, int],
+    seed: int,
+    **options: Any,
+) -> SyntheticConfig:
+    """The validated configuration of :func:`make_models` and :func:`write_association`."""
+    return SyntheticConfig(
+        n_exposures=n_exposures,
+        n_detectors=n_detectors,
+        detector_shape=(int(detector_shape[0]), int(detector_shape[1])),
+        seed=seed,
+        **options,
+    )
+
+
 def detector_name(index: int) -> str:
     """JWST name of detector ``index`` (0-based): NRCA1..NRCA4, NRCB1..NRCB4."""
     module, number = divmod(index, _DETECTORS_PER_MODULE)

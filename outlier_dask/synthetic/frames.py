@@ -22,6 +22,7 @@ from outlier_dask.synthetic.config import (
     SyntheticConfig,
     _rng,
     cal_file_name,
+    config_of,
     detector_name,
 )
 from outlier_dask.synthetic.defects import _bad_pixel_dq, _cosmic_ray_signal, _noise_variances
@@ -198,12 +199,6 @@ def make_models(
     ValueError
         If an option is out of range. ``TypeError`` for an unknown option.
     """
-    config = SyntheticConfig(
-        n_exposures=n_exposures,
-        n_detectors=n_detectors,
-        detector_shape=(int(detector_shape[0]), int(detector_shape[1])),
-        seed=seed,
-        **options,
-    )
+    config = config_of(n_exposures, n_detectors, detector_shape, seed, **options)
     frames = list(_iter_frames(config))
     return [m for m, _ in frames], [t for _, t in frames]
