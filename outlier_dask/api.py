@@ -19,8 +19,9 @@ from stdatamodels.jwst import datamodels
 from outlier_dask.engine.budget import fit_to_budget
 from outlier_dask.engine.estimate import estimate_resources
 from outlier_dask.engine.plan import Plan, make_plan
-from outlier_dask.engine.run import EngineResult, run_plan
+from outlier_dask.engine.run import EngineResult, run_plan, shared_array_specs
 from outlier_dask.engine.scratch import local_work_dir, scratch_store
+from outlier_dask.engine.shared import shared_arrays
 from outlier_dask.engine.stores import scratch_directory, scratch_parent
 from outlier_dask.io.association import AssociationError, AssociationMember, read_association
 from outlier_dask.io.flagged_fits import write_flagged_fits
@@ -50,7 +51,12 @@ from outlier_dask.parameters import OutlierParameters
 from outlier_dask.plot import plot_path, write_plot
 from outlier_dask.progress import make_progress
 from outlier_dask.report import build_report, input_entry, report_path, write_report
-from outlier_dask.runtime.schedulers import client_ssl_context, resolve_security, start_runner
+from outlier_dask.runtime.schedulers import (
+    LOCAL_SCHEDULERS,
+    client_ssl_context,
+    resolve_security,
+    start_runner,
+)
 from outlier_dask.runtime.signals import interrupted_by_signals
 
 __all__ = ["OutlierResult", "detect_outliers"]
@@ -330,6 +336,12 @@ def detect_outliers(
             if params.in_memory
             else stack.enter_context(scratch_store(params.work_dir, scratch))
         )
+        # Shared arrays are mapped before a local scheduler forks its workers, which share them.
+        shared = (
+            stack.enter_context(shared_arrays(shared_array_specs(plan, params)))
+            if client is None and params.scheduler in LOCAL_SCHEDULERS
+            else None
+        )
         with start_runner(params, client, str(scratch), security) as runner:
             runner.progress = display
             result = run_plan(
@@ -337,6 +349,7 @@ def detect_outliers(
                 params,
                 runner,
                 store,
+                shared=shared,
                 writers=_product_writers(plan, outputs) if from_files else None,
                 keep_median=extras.plot is not None,
                 keep_masks=extras.plot is not None,

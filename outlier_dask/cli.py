@@ -314,7 +314,7 @@ def describe_plan(plan: Any, params: OutlierParameters) -> str:
     from outlier_dask.engine.estimate import estimate_resources, python_processes
     from outlier_dask.engine.plan import tile_ranges
     from outlier_dask.report import _pixel_scale_arcsec
-    from outlier_dask.runtime.schedulers import default_workers
+    from outlier_dask.runtime.schedulers import LOCAL_SCHEDULERS, default_workers
 
     ny, nx = plan.grid_shape
     lines = [
@@ -353,6 +353,7 @@ def describe_plan(plan: Any, params: OutlierParameters) -> str:
             n_workers=workers,
             processes=processes,
             keep_intermediate=params.save_intermediate_results,
+            shared=params.scheduler in LOCAL_SCHEDULERS,
         )
         chosen = "  <- chosen" if in_memory == params.in_memory else ""
         lines.append(

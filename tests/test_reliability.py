@@ -219,7 +219,7 @@ if _stage:
 
     _module_name, _name = {
         "drizzle": ("outlier_dask.engine.tasks", "build_group_mosaic"),
-        "median": ("outlier_dask.engine.tasks", "median_of_tile"),
+        "median": ("outlier_dask.engine.tasks", "nanmedian_stack"),
         "blot": ("outlier_dask.engine.tasks", "blot_and_flag_block"),
         "write": ("outlier_dask.io.flagged_fits", "write_flagged_fits"),
     }[_stage]

@@ -32,7 +32,7 @@ from outlier_dask.engine.estimate import (
 )
 from outlier_dask.engine.plan import Plan
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
-from outlier_dask.runtime.schedulers import default_workers
+from outlier_dask.runtime.schedulers import LOCAL_SCHEDULERS, default_workers
 
 __all__ = ["BudgetDecision", "default_memory_limit", "fit_to_budget"]
 
@@ -100,6 +100,7 @@ def _estimate(plan: Plan, params: OutlierParameters, in_memory: bool, workers: i
         n_workers=workers,
         processes=python_processes(params.scheduler, workers),
         keep_intermediate=params.save_intermediate_results,
+        shared=params.scheduler in LOCAL_SCHEDULERS,
     )
 
 

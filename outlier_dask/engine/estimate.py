@@ -117,6 +117,7 @@ def estimate_resources(
     n_workers: int,
     processes: int | None = None,
     keep_intermediate: bool = False,
+    shared: bool = False,
 ) -> ResourceEstimate:
     """Estimate the peak memory and scratch disk a plan needs.
 
@@ -138,6 +139,10 @@ def estimate_resources(
         on disk     = 1 * sum(P_i) + W * worker set + Q * 200 MiB (memory)
         scratch     = 8 * sum(tiles touched by A_g) + 4 * N       (disk, uncompressed)
 
+    With ``shared`` (a local scheduler, stages handing over in shared memory) the mosaics stay
+    in their tasks and blot reads the shared median, so in memory the grouped mosaics and
+    cut-outs drop out, and on disk the median (``4 * N``) is added.
+
     ``keep_intermediate`` (``save_intermediate_results``, or a plot) adds the kept median
     (``4 * N``) and blots (``4 * sum(P_i)``), and on disk the mosaics read back
     (``8 * sum(A_g)``). Zarr compresses the scratch arrays and skips chunks left empty, so the
@@ -155,6 +160,8 @@ def estimate_resources(
         Python processes (default ``n_workers + 1``: the ``processes`` scheduler).
     keep_intermediate : bool
         Whether the median and blots are kept for products or a plot.
+    shared : bool
+        Whether the stack (in memory) and the median are shared with local workers.
 
     Returns
     -------
@@ -175,16 +182,18 @@ def estimate_resources(
     }
     regions = sum(_area(g.region) for g in plan.groups)
     if in_memory:
-        parts["grouped mosaics"] = 2 * FLOAT32 * regions
         parts["masked stack"] = FLOAT32 * plan.n_groups * grid
         parts["median"] = FLOAT32 * grid
-        parts["median cut-outs"] = FLOAT32 * sum(_area(b.cutout) for b in plan.blocks)
+        if not shared:
+            parts["grouped mosaics"] = 2 * FLOAT32 * regions
+            parts["median cut-outs"] = FLOAT32 * sum(_area(b.cutout) for b in plan.blocks)
         scratch = 0
     else:
         tiled = sum(_tiled_area(g.region, plan.grid_shape, plan.tile_shape) for g in plan.groups)
         scratch = 2 * FLOAT32 * tiled + FLOAT32 * grid
-        if keep_intermediate:
+        if keep_intermediate or shared:
             parts["median"] = FLOAT32 * grid
+        if keep_intermediate:
             parts["grouped mosaics"] = 2 * FLOAT32 * regions
     if keep_intermediate:
         parts["blots"] = FLOAT32 * member_px

@@ -29,6 +29,7 @@ import numpy as np
 from dask.base import tokenize
 
 from outlier_dask.engine.plan import Plan, tile_ranges
+from outlier_dask.engine.shared import SharedArray
 from outlier_dask.engine.stores import ScratchStore, read_window, write_region
 from outlier_dask.engine.tasks import (
     GroupMosaic,
@@ -40,13 +41,15 @@ from outlier_dask.engine.tasks import (
     fill_of,
     finish_member,
     masked_group_tiles,
+    masked_stack_block,
+    median_into,
     median_of_tile,
+    mosaic_into_stack,
 )
-from outlier_dask.kernels.weights import mask_low_weight
 from outlier_dask.parameters import OutlierParameters
 from outlier_dask.runtime.schedulers import Runner
 
-__all__ = ["EngineResult", "run_plan"]
+__all__ = ["EngineResult", "run_plan", "shared_array_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +141,7 @@ def _stack_from_store(plan: Plan, store: ScratchStore, thresholds: list[float]) 
     data = da.from_zarr(store.array("data"), chunks=chunks)
     weight = da.from_zarr(store.array("weight"), chunks=chunks)
     return da.map_blocks(
-        _mask_stack_block, data, weight, thresholds=tuple(thresholds), dtype=np.float32
-    )
-
-
-def _mask_stack_block(
-    data: np.ndarray, weight: np.ndarray, thresholds: tuple[float, ...]
-) -> np.ndarray:
-    """Apply each group's weight threshold to a (n_groups, ty, tx) block."""
-    return np.stack(
-        [mask_low_weight(d, w, t) for d, w, t in zip(data, weight, thresholds, strict=True)]
+        masked_stack_block, data, weight, thresholds=tuple(thresholds), dtype=np.float32
     )
 
 
@@ -156,12 +150,27 @@ def _median_graph(plan: Plan, stack: da.Array) -> da.Array:
     return blocks.map_blocks(median_of_tile, drop_axis=0, dtype=np.float32)
 
 
+def shared_array_specs(plan: Plan, params: OutlierParameters) -> dict[str, tuple]:
+    """The shared arrays a run on a local scheduler uses: the median, and in memory the stack.
+
+    Returns
+    -------
+    dict of str to (shape, dtype name)
+        For :func:`outlier_dask.engine.shared.shared_arrays`.
+    """
+    specs: dict[str, tuple] = {"median": (plan.grid_shape, "float32")}
+    if params.in_memory:
+        specs["stack"] = ((plan.n_groups, *plan.grid_shape), "float32")
+    return specs
+
+
 def run_plan(
     plan: Plan,
     params: OutlierParameters,
     runner: Runner,
     store: ScratchStore | None = None,
     *,
+    shared: dict[str, SharedArray] | None = None,
     writers: list[Callable[[np.ndarray], Any]] | None = None,
     keep_median: bool = False,
     keep_masks: bool = False,
@@ -170,6 +179,10 @@ def run_plan(
 
     Parameters
     ----------
+    shared : dict of str to SharedArray, optional
+        The arrays of :func:`shared_array_specs`, mapped before the runner's workers were
+        forked (local schedulers only). With them, stages hand over in shared memory and blot
+        reads the whole median; without them, through the scheduler or the store.
     writers : list of callables, optional
         Per member, ``writer(mask)`` run in a worker once the member's mask is complete (it
         writes the product). Without writers the masks are returned.
@@ -180,50 +193,15 @@ def run_plan(
     """
     timings: dict[str, float] = {}
     keep = params.save_intermediate_results
-    fill = fill_of(params)
     infos = [_task_info(plan, m.index) for m in plan.members]
 
     start = time.perf_counter()
-    if params.in_memory:
-        tasks = [
-            dask.delayed(masked_group_tiles)(
-                group,
-                [infos[i] for i in group.members],
-                params,
-                plan.grid_shape,
-                plan.tile_shape,
-                keep,
-            )
-            for group in plan.groups
-        ]
-        groups = list(runner.compute(*tasks, stage="drizzle"))
-        thresholds = [g.threshold for g in groups]
-        mosaics = [g.mosaic for g in groups] if keep else None
-        stack = _stack_from_group_tiles(plan, groups)
-        del groups
-    else:
-        store.create(plan.n_groups, plan.grid_shape, plan.tile_shape, data_fill=fill)
-        tasks = [
-            dask.delayed(_mosaic_to_store)(
-                group, [infos[i] for i in group.members], params, store, g
-            )
-            for g, group in enumerate(plan.groups)
-        ]
-        thresholds = list(runner.compute(*tasks, stage="drizzle"))
-        mosaics = None
-        stack = _stack_from_store(plan, store, thresholds)
+    thresholds, mosaics, stack = _mosaic_stage(plan, params, runner, store, shared, infos)
     timings["drizzle"] = time.perf_counter() - start
     log.info("stage drizzle: %d grouped mosaics in %.1f s", plan.n_groups, timings["drizzle"])
 
     start = time.perf_counter()
-    median_lazy = _median_graph(plan, stack)
-    if params.in_memory:
-        (median,) = runner.compute(median_lazy, stage="median")
-    else:
-        # Median blocks coincide with the Zarr chunks, so blocks are written without a lock.
-        target = store.array("median", "r+")
-        runner.compute(da.store(median_lazy, target, lock=False, compute=False), stage="median")
-        median = None
+    median, median_for_blot = _median_stage(plan, params, runner, store, shared, stack, thresholds)
     timings["median"] = time.perf_counter() - start
     log.info("stage median: %d x %d in %.1f s", *plan.grid_shape, timings["median"])
 
@@ -231,15 +209,17 @@ def run_plan(
     blocks_by_member: list[list] = [[] for _ in plan.members]
     for block in plan.blocks:
         if block.cutout is None:
-            cutout = None
+            source = None
+        elif median_for_blot is not None:
+            source = median_for_blot
         elif median is not None:
             (y0, y1), (x0, x1) = block.cutout
-            cutout = median[y0:y1, x0:x1].copy()
+            source = median[y0:y1, x0:x1].copy()
         else:
-            cutout = dask.delayed(read_window)(store, "median", block.cutout)
+            source = dask.delayed(read_window)(store, "median", block.cutout)
         blocks_by_member[block.member].append(
             dask.delayed(blot_and_flag_block)(
-                block, infos[block.member], cutout, plan.grid_shape, params, keep
+                block, infos[block.member], source, plan.grid_shape, params, keep
             )
         )
     # Each input's blocks feed one task that assembles its mask and, for file inputs, writes
@@ -267,7 +247,12 @@ def run_plan(
 
     keep_median = keep or keep_median
     if keep_median and median is None:
-        median = np.asarray(store.array("median")[...])
+        # A copy: the shared mapping is released when the run ends.
+        median = (
+            np.array(median_for_blot.view())
+            if median_for_blot is not None
+            else np.asarray(store.array("median")[...])
+        )
     if keep and mosaics is None:
         mosaics = _mosaics_from_store(plan, store, thresholds)
     return EngineResult(
@@ -281,6 +266,87 @@ def run_plan(
         covered_pixels=[o.covered for o in outcomes],
         flagged=[o.flagged for o in outcomes],
     )
+
+
+def _mosaic_stage(
+    plan: Plan,
+    params: OutlierParameters,
+    runner: Runner,
+    store: ScratchStore | None,
+    shared: dict[str, SharedArray] | None,
+    infos: list[MemberTaskInfo],
+) -> tuple[list[float], list[GroupMosaic] | None, da.Array | None]:
+    """Stage 1: every group's mosaic, where the median stage will read it.
+
+    Returns the groups' thresholds, their unmasked mosaics (kept only for intermediate
+    results), and the masked stack as a dask array when it travels through the scheduler.
+    """
+    keep = params.save_intermediate_results
+    members_of = [[infos[i] for i in group.members] for group in plan.groups]
+    if not params.in_memory:
+        store.create(plan.n_groups, plan.grid_shape, plan.tile_shape, data_fill=fill_of(params))
+        tasks = [
+            dask.delayed(_mosaic_to_store)(group, members_of[g], params, store, g)
+            for g, group in enumerate(plan.groups)
+        ]
+        thresholds = list(runner.compute(*tasks, stage="drizzle"))
+        stack = None if shared else _stack_from_store(plan, store, thresholds)
+        return thresholds, None, stack
+    if shared:
+        tasks = [
+            dask.delayed(mosaic_into_stack)(group, members_of[g], params, shared["stack"], g, keep)
+            for g, group in enumerate(plan.groups)
+        ]
+        done = runner.compute(*tasks, stage="drizzle")
+        mosaics = [mosaic for _, mosaic in done] if keep else None
+        return [threshold for threshold, _ in done], mosaics, None
+    tasks = [
+        dask.delayed(masked_group_tiles)(
+            group, members_of[g], params, plan.grid_shape, plan.tile_shape, keep
+        )
+        for g, group in enumerate(plan.groups)
+    ]
+    groups = list(runner.compute(*tasks, stage="drizzle"))
+    mosaics = [g.mosaic for g in groups] if keep else None
+    return [g.threshold for g in groups], mosaics, _stack_from_group_tiles(plan, groups)
+
+
+def _median_stage(
+    plan: Plan,
+    params: OutlierParameters,
+    runner: Runner,
+    store: ScratchStore | None,
+    shared: dict[str, SharedArray] | None,
+    stack: da.Array | None,
+    thresholds: list[float],
+) -> tuple[np.ndarray | None, SharedArray | None]:
+    """Stage 2: the median, in this process, in the store, or shared.
+
+    Returns the median when it is an array in this process, and the shared median blot tasks
+    read (None when not shared).
+    """
+    if shared:
+        source = (
+            {"stack": shared["stack"]}
+            if params.in_memory
+            else {"store": store, "thresholds": tuple(thresholds)}
+        )
+        ny, nx = plan.grid_shape
+        tasks = [
+            dask.delayed(median_into)(shared["median"], (rows, cols), **source)
+            for rows in tile_ranges(ny, plan.tile_shape[0])
+            for cols in tile_ranges(nx, plan.tile_shape[1])
+        ]
+        runner.compute(*tasks, stage="median")
+        return None, shared["median"]
+    median_lazy = _median_graph(plan, stack)
+    if params.in_memory:
+        (median,) = runner.compute(median_lazy, stage="median")
+        return median, None
+    # Median blocks coincide with the Zarr chunks, so blocks are written without a lock.
+    target = store.array("median", "r+")
+    runner.compute(da.store(median_lazy, target, lock=False, compute=False), stage="median")
+    return None, None
 
 
 def _mosaics_from_store(

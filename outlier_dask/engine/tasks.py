@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from outlier_dask.engine.plan import BlockPlan, GroupPlan, Window
+from outlier_dask.engine.shared import SharedArray
+from outlier_dask.engine.stores import ScratchStore
 from outlier_dask.geometry.pixel_map import PixelMap
 from outlier_dask.io.members import PixelSource
 from outlier_dask.kernels.flags import flag_resampled_outliers, flag_unresampled_outliers
@@ -21,6 +23,7 @@ from outlier_dask.kernels.median import nanmedian_stack
 from outlier_dask.kernels.resample import (
     DrizzleInput,
     blot_bilinear,
+    blot_from_whole_median,
     drizzle_onto_region,
     fill_value_number,
 )
@@ -36,7 +39,10 @@ __all__ = [
     "build_group_mosaic",
     "finish_member",
     "masked_group_tiles",
+    "masked_stack_block",
+    "median_into",
     "median_of_tile",
+    "mosaic_into_stack",
     "tile_of_region",
 ]
 
@@ -193,6 +199,88 @@ def masked_group_tiles(
     return GroupTiles(tiles, float(outside), mosaic.threshold, mosaic if keep_mosaic else None)
 
 
+def mosaic_into_stack(
+    group: GroupPlan,
+    infos: list[MemberTaskInfo],
+    params: OutlierParameters,
+    stack: SharedArray,
+    index: int,
+    keep_mosaic: bool,
+) -> tuple[float, GroupMosaic | None]:
+    """Build a group's mosaic, mask it by weight, and write it as plane ``index`` of ``stack``.
+
+    Parameters
+    ----------
+    stack : SharedArray, shape (n_groups, ny, nx), float32
+        The masked stack, shared with the run's process. Beyond the group's region the plane
+        holds what the reference's full-grid mosaic holds there: the fill value, or NaN when
+        the weight mask hides zero-weight pixels (threshold above 0).
+
+    Returns
+    -------
+    threshold : float
+        The group's weight threshold.
+    mosaic : GroupMosaic or None
+        The unmasked mosaic and its weight, if ``keep_mosaic``.
+    """
+    mosaic = build_group_mosaic(group, infos, params)
+    plane = stack.view()[index]
+    (y0, y1), (x0, x1) = mosaic.region
+    outside = np.nan if mosaic.threshold > 0 else fill_of(params)
+    plane[:y0] = outside
+    plane[y1:] = outside
+    plane[y0:y1, :x0] = outside
+    plane[y0:y1, x1:] = outside
+    mask_low_weight(mosaic.data, mosaic.weight, mosaic.threshold, out=plane[y0:y1, x0:x1])
+    return mosaic.threshold, mosaic if keep_mosaic else None
+
+
+def median_into(
+    median: SharedArray,
+    window: Window,
+    stack: SharedArray | None = None,
+    store: ScratchStore | None = None,
+    thresholds: tuple[float, ...] = (),
+) -> None:
+    """NaN-median over groups of one window of the stack, written into the shared median.
+
+    The stack is either shared (already masked) or the Zarr mosaics and weights of an
+    out-of-core run, masked here by each group's ``thresholds``.
+
+    Parameters
+    ----------
+    median : SharedArray, shape (ny, nx), float32
+    window : Window
+        ``((y0, y1), (x0, x1))`` of the grid.
+    stack : SharedArray, shape (n_groups, ny, nx), float32, optional
+    store : ScratchStore, optional
+    thresholds : tuple of float
+        Per group, with ``store``.
+    """
+    (y0, y1), (x0, x1) = window
+    if stack is not None:
+        block = stack.view()[:, y0:y1, x0:x1]
+    else:
+        block = masked_stack_block(
+            store.array("data")[:, y0:y1, x0:x1],
+            store.array("weight")[:, y0:y1, x0:x1],
+            thresholds,
+        )
+    median.view()[y0:y1, x0:x1] = nanmedian_stack(block)
+
+
+def masked_stack_block(
+    data: np.ndarray, weight: np.ndarray, thresholds: tuple[float, ...]
+) -> np.ndarray:
+    """Apply each group's weight threshold to a block of the stack.
+
+    ``data`` and ``weight`` are (n_groups, ty, tx) float32; returns the masked data, same shape.
+    """
+    return np.stack(
+        [mask_low_weight(d, w, t) for d, w, t in zip(data, weight, thresholds, strict=True)]
+    )
+
+
 def _outside_region(
     region: Window,
     index: tuple[int, int],
@@ -251,7 +339,7 @@ class BlockResult:
 def blot_and_flag_block(
     block: BlockPlan,
     info: MemberTaskInfo,
-    median_cutout: np.ndarray | None,
+    median: np.ndarray | SharedArray | None,
     grid_shape: tuple[int, int],
     params: OutlierParameters,
     keep_blot: bool = False,
@@ -264,8 +352,10 @@ def blot_and_flag_block(
         The block, with its halo (``outer``) and median cut-out rectangle.
     info : MemberTaskInfo
         The input.
-    median_cutout : ndarray, shape of ``block.cutout``, float32, or None
-        The median over ``block.cutout`` (None: the block maps off the median).
+    median : ndarray, SharedArray or None
+        The median over ``block.cutout`` (ndarray of that shape, float32), or the whole
+        median shared with this process (SharedArray), or None (the block maps off the
+        median).
     grid_shape : (int, int)
         Shape of the whole median.
     params : OutlierParameters
@@ -285,14 +375,21 @@ def blot_and_flag_block(
     err = info.source.read("ERR", block.outer)
     if err is None:
         err = np.zeros_like(sci)
-    if median_cutout is None:
+    if median is None or block.cutout is None:
         reference = np.full(sci.shape, np.nan, dtype=np.float32)
+    elif isinstance(median, SharedArray):
+        whole = median.view()
+        if params.resample_data:
+            pixmap = info.pixel_map.evaluate((r0, r1), (c0, c1))
+            reference = blot_from_whole_median(whole, pixmap)
+        else:
+            reference = whole[r0:r1, c0:c1]
     elif params.resample_data:
         pixmap = info.pixel_map.evaluate((r0, r1), (c0, c1))
         (my0, _), (mx0, _) = block.cutout
-        reference = blot_bilinear(median_cutout, (my0, mx0), grid_shape, pixmap)
+        reference = blot_bilinear(median, (my0, mx0), grid_shape, pixmap)
     else:
-        reference = median_cutout
+        reference = median
     if params.resample_data:
         backg = params.backg if info.background_level is None else info.background_level
         mask = flag_resampled_outliers(

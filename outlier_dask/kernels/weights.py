@@ -164,6 +164,27 @@ def _median_as_numpy(values: np.ndarray) -> np.float32:
     return np.mean(np.array([low, high], dtype=np.float32))
 
 
+def _nanstd_of_finite(values: np.ndarray) -> np.float32:
+    """``np.nanstd`` of finite float32 values, bit for bit, without its NaN bookkeeping.
+
+    ``np.nanstd`` builds a NaN mask, copies the values, counts the non-NaN ones and masks
+    twice more, which is most of its cost on millions of finite weights. The arithmetic kept
+    here is its own: the float32 pairwise sum divided by the count in float64 and rounded to
+    float32, deviations squared in float32, their float32 sum divided in float64, and a
+    float32 square root. ``tests/kernels/test_weights.py`` checks equality with numpy.
+
+    Parameters
+    ----------
+    values : ndarray, shape (m,), float32, all finite, m >= 1
+    """
+    n = np.intp(values.size)
+    mean = np.divide(np.sum(values, keepdims=True), n, casting="unsafe", dtype=np.float64)
+    deviations = np.subtract(values, mean.astype(np.float32))
+    np.multiply(deviations, deviations, out=deviations)
+    variance = np.sum(deviations)
+    return np.float32(np.sqrt(np.float32(variance / n)))
+
+
 def _sigma_clipped_float32(values: np.ndarray) -> np.ndarray:
     """The values astropy ``sigma_clip(sigma=3, maxiters=5)`` keeps, for finite float32 input.
 
@@ -176,7 +197,7 @@ def _sigma_clipped_float32(values: np.ndarray) -> np.ndarray:
         if size == 0:
             break
         centre = _median_as_numpy(kept)
-        spread = np.nanstd(kept)
+        spread = _nanstd_of_finite(kept)
         low = centre - spread * _CLIP_SIGMA
         high = centre + spread * _CLIP_SIGMA
         kept = kept[(kept >= low) & (kept <= high)]
@@ -244,7 +265,9 @@ def weight_threshold(weights: np.ndarray, maskpt: float) -> float:
     return weight_threshold_from_values(valid_weight_values(weights), maskpt)
 
 
-def mask_low_weight(data: np.ndarray, weights: np.ndarray, threshold: float) -> np.ndarray:
+def mask_low_weight(
+    data: np.ndarray, weights: np.ndarray, threshold: float, out: np.ndarray | None = None
+) -> np.ndarray:
     """Set to NaN the pixels whose weight is below the ``maskpt`` threshold (§1.5).
 
     The comparison ``weights < threshold`` is strict and done in float64 (the threshold is a
@@ -259,10 +282,12 @@ def mask_low_weight(data: np.ndarray, weights: np.ndarray, threshold: float) -> 
         Weights of the same pixels.
     threshold : float
         Output of :func:`weight_threshold`, in units of the weights.
+    out : ndarray, shape (ny, nx), optional
+        Where to write the result (e.g. a plane of a shared stack) instead of a new array.
 
     Returns
     -------
-    ndarray, shape (ny, nx), dtype of ``data``
+    ndarray, shape (ny, nx), dtype of ``data`` (or ``out``)
         Copy of ``data`` with NaN where ``weights < threshold``.
 
     Raises
@@ -273,4 +298,8 @@ def mask_low_weight(data: np.ndarray, weights: np.ndarray, threshold: float) -> 
     if data.shape != weights.shape:
         raise ValueError(f"shape mismatch: data {data.shape} vs weights {weights.shape}")
     low = np.less(weights, np.float64(threshold))
-    return np.where(low, np.nan, data).astype(data.dtype, copy=False)
+    if out is None:
+        return np.where(low, np.nan, data).astype(data.dtype, copy=False)
+    np.copyto(out, data)
+    np.copyto(out, np.nan, where=low)
+    return out

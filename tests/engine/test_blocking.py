@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
 
 from outlier_dask.engine.plan import make_plan
-from outlier_dask.engine.run import run_plan
+from outlier_dask.engine.run import run_plan, shared_array_specs
+from outlier_dask.engine.shared import SharedArray, shared_arrays
 from outlier_dask.engine.stores import ScratchStore, scratch_directory
 from outlier_dask.engine.tasks import MemberTaskInfo, blot_and_flag_block
 from outlier_dask.io.members import members_from_models
@@ -21,14 +25,19 @@ def models():
     return models
 
 
-def _run(models, tmp_path=None, **values):
-    params = OutlierParameters(scheduler="synchronous", **values)
+def _run(models, tmp_path=None, shared=False, **values):
+    """Run the engine; ``shared``: hand over in shared memory (as local schedulers do)."""
+    params = OutlierParameters(scheduler=values.pop("scheduler", "synchronous"), **values)
     members = members_from_models(models)
     plan = make_plan(members, "test", params)
-    with scratch_directory(str(tmp_path) if tmp_path else None) as scratch:
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(scratch_directory(str(tmp_path) if tmp_path else None))
         store = None if params.in_memory else ScratchStore(str(scratch / "s.zarr"))
+        arrays = (
+            stack.enter_context(shared_arrays(shared_array_specs(plan, params))) if shared else None
+        )
         with start_runner(params) as runner:
-            return plan, run_plan(plan, params, runner, store)
+            return plan, run_plan(plan, params, runner, store, shared=arrays)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +50,20 @@ def test_reference_flags_something(reference):
     assert sum(int(m.sum()) for m in result.masks) > 20
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize(
     ("tile_size", "block_size"), [(16, 16), (37, 23), (64, 7), (1000, 3), (5, 50)]
 )
-def test_masks_do_not_depend_on_tiles_or_blocks(models, reference, tile_size, block_size):
+def test_masks_do_not_depend_on_tiles_or_blocks(models, reference, tile_size, block_size, shared):
+    """Cut-outs blotted in numpy (not shared) and the whole shared median blotted by the
+    compiled drizzle give the same blots and masks, whatever the tiles and blocks."""
     _, expected = reference
     _, result = _run(
-        models, tile_size=tile_size, block_size=block_size, save_intermediate_results=True
+        models,
+        shared=shared,
+        tile_size=tile_size,
+        block_size=block_size,
+        save_intermediate_results=True,
     )
     for want, got in zip(expected.masks, result.masks, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -85,10 +101,16 @@ def test_blocks_smaller_than_the_halo(models, reference, block_size):
     np.testing.assert_array_equal(mask, expected.masks[0])
 
 
-def test_on_disk_equals_in_memory(models, reference, tmp_path):
+@pytest.mark.parametrize("shared", [False, True])
+def test_on_disk_equals_in_memory(models, reference, tmp_path, shared):
     _, expected = reference
     _, result = _run(
-        models, tmp_path, in_memory=False, tile_size=48, save_intermediate_results=True
+        models,
+        tmp_path,
+        shared=shared,
+        in_memory=False,
+        tile_size=48,
+        save_intermediate_results=True,
     )
     np.testing.assert_array_equal(result.median, expected.median)
     for want, got in zip(expected.masks, result.masks, strict=True):
@@ -99,20 +121,48 @@ def test_on_disk_equals_in_memory(models, reference, tmp_path):
     assert list(tmp_path.iterdir()) == [], "scratch must be removed after the run"
 
 
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("in_memory", [True, False])
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
-def test_schedulers_agree(models, reference, scheduler):
+def test_schedulers_agree(models, reference, scheduler, in_memory, shared, tmp_path):
+    """Forked workers write their mosaics and median rows into memory shared with the run."""
     _, expected = reference
-    params = OutlierParameters(scheduler=scheduler, n_workers=2, tile_size=48, block_size=40)
-    plan = make_plan(members_from_models(models), "test", params)
-    with start_runner(params) as runner:
-        result = run_plan(plan, params, runner)
+    _, result = _run(
+        models,
+        tmp_path,
+        shared=shared,
+        scheduler=scheduler,
+        in_memory=in_memory,
+        n_workers=2,
+        tile_size=48,
+        block_size=40,
+    )
     for want, got in zip(expected.masks, result.masks, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
-def test_without_resampling_blocks_agree(models):
+@pytest.mark.parametrize("shared", [False, True])
+def test_without_resampling_blocks_agree(models, shared):
     _, whole = _run(models, resample_data=False, block_size=4096)
-    _, blocked = _run(models, resample_data=False, block_size=9, tile_size=13)
+    _, blocked = _run(models, shared=shared, resample_data=False, block_size=9, tile_size=13)
     assert sum(int(m.sum()) for m in whole.masks) > 0
     for want, got in zip(whole.masks, blocked.masks, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_shared_array_outside_the_run_is_a_clear_error():
+    """A process that did not fork from the run (a distributed worker) gets a clear error."""
+    with shared_arrays({"median": ((3, 4), "float32")}) as arrays:
+        handle = arrays["median"]
+        child = os.fork()
+        if child == 0:  # a forked worker writes; the run's process must see it
+            handle.view()[1, 2] = 1.5
+            os._exit(0)
+        os.waitpid(child, 0)
+        view = handle.view()
+        assert view.dtype == np.float32
+        np.testing.assert_array_equal(view, np.where(np.arange(12) == 6, 1.5, 0).reshape(3, 4))
+        del view
+    stale = SharedArray(handle.key, handle.shape, handle.dtype)
+    with pytest.raises(RuntimeError, match="not mapped in process .* processes, threads"):
+        stale.view()

@@ -40,8 +40,9 @@ def test_small_budget_moves_the_stack_to_disk_and_drops_workers(members, caplog)
     plan = make_plan(members, "budget", params)
 
     def peak(in_memory, workers):
+        # The default scheduler (processes) shares the stack and median with its workers.
         return estimate_resources(
-            plan, in_memory=in_memory, n_workers=workers, processes=workers + 1
+            plan, in_memory=in_memory, n_workers=workers, processes=workers + 1, shared=True
         ).peak_memory
 
     limit = peak(False, 1)
@@ -87,3 +88,18 @@ def test_decision_is_applied_to_plan_and_parameters(members):
     assert params2.n_workers == decision.n_workers == 1
     assert params2.in_memory is False
     assert plan2.tile_shape == (decision.tile_size, decision.tile_size)
+
+
+def test_shared_memory_changes_what_the_estimate_holds(members):
+    """Shared: no mosaics or cut-outs in this process; out of core, the median is in memory."""
+    plan = make_plan(members, "budget", OutlierParameters())
+    grid = plan.grid_shape[0] * plan.grid_shape[1]
+
+    def parts(in_memory, shared):
+        return estimate_resources(plan, in_memory=in_memory, n_workers=2, shared=shared).parts
+
+    assert {"grouped mosaics", "median cut-outs"} <= set(parts(True, False))
+    assert not {"grouped mosaics", "median cut-outs"} & set(parts(True, True))
+    assert parts(True, True)["masked stack"] == 4 * plan.n_groups * grid
+    assert "median" not in parts(False, False)
+    assert parts(False, True)["median"] == 4 * grid

@@ -240,3 +240,18 @@ def test_fast_float32_clipping_equals_astropy(seed, size):
     }[seed].astype(np.float32)
     expected = sigma_clip(values, sigma=3, maxiters=5, masked=False, copy=True)
     np.testing.assert_array_equal(_sigma_clipped_float32(values), expected)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 8, 9, 127, 128, 129, 4097, 100_003])
+def test_std_of_finite_values_equals_numpy_nanstd(size):
+    """The clipping's spread is numpy's nanstd bit for bit, over pairwise-summation sizes."""
+    from outlier_dask.kernels.weights import _nanstd_of_finite
+
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        scale = (1e-3, 1.0, 1e3, 1e6)[seed % 4]
+        values = (rng.gamma(2, 1e3, size) * scale).astype(np.float32)
+        expected = np.nanstd(values)
+        got = _nanstd_of_finite(values)
+        assert type(got) is type(expected)
+        assert got == expected, (seed, got, expected)
