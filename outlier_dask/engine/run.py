@@ -3,15 +3,18 @@
 Stages, each a dask graph run on the chosen scheduler:
 
 1. mosaics — a task per exposure group drizzles its members onto the group's region and finds
-   the group's weight threshold; the result is a ``(groups, ny, nx)`` stack chunked
-   ``(1, ty, tx)`` (tiles no member touches are constants, never computed);
-2. median — the stack, read in ``(groups, ty, tx)`` blocks holding the whole groups axis, masked
-   by each group's threshold and reduced by a NaN-median per block;
-3. blot and compare — a task per input block (with its halo) takes the median cut-out its
-   pixels map into and returns the block's outlier mask.
+   the group's weight threshold;
+2. median — a NaN-median over groups per tile of the grid, of the masked stack;
+3. blot and compare — a task per input block (with its halo) blots the median onto the block
+   and returns its outlier mask; a task per input assembles the mask and writes the product.
 
-With ``in_memory=False`` stages hand over through Zarr arrays in the scratch folder instead of
-memory; the arithmetic is the same, so the results are identical.
+Where the stages hand over depends on the scheduler. On a local one (``shared``), the masked
+stack (in memory) and the median live in memory shared with forked workers: group tasks write
+their plane, median tasks their tile, and blot tasks read the whole median. Otherwise the
+stack travels through the scheduler as ``(1, ty, tx)`` tiles (tiles no member touches are
+constants, never computed) and blot tasks receive median cut-outs. With ``in_memory=False``
+mosaics and weights go through Zarr arrays in the scratch folder instead (and the median too,
+when not shared). The arithmetic is the same on every path, so the results are identical.
 """
 
 from __future__ import annotations
