@@ -14,8 +14,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
-
 from outlier_dask.engine.stores import ScratchStore
 
 __all__ = ["is_url", "local_work_dir", "scratch_store"]
@@ -52,6 +50,8 @@ def scratch_store(work_dir: str | None, local_scratch: Path) -> Iterator[Scratch
     if not is_url(work_dir) or local_work_dir(work_dir) is not None:
         yield ScratchStore(str(local_scratch / "stack.zarr"))
         return
+    import fsspec  # only remote work dirs need it; in-memory runs skip its import time
+
     fs, root = fsspec.core.url_to_fs(str(work_dir))
     name = f"outlier_dask-{uuid.uuid4().hex[:12]}"
     folder = f"{root.rstrip('/')}/{name}"

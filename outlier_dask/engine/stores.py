@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 __all__ = ["ScratchStore", "read_window", "scratch_directory", "scratch_parent", "write_region"]
 
@@ -86,6 +85,8 @@ class ScratchStore:
 
         ``data_fill`` is what mosaics hold where no input reaches (drizzle's ``fillval``).
         """
+        import zarr  # imported by out-of-core runs only (a tenth of a second)
+
         root = zarr.open_group(self.path, mode="w")
         for name in ("data", "weight"):
             root.create_array(
@@ -105,8 +106,10 @@ class ScratchStore:
             config={"write_empty_chunks": False},
         )
 
-    def array(self, name: str, mode: str = "r") -> zarr.Array:
+    def array(self, name: str, mode: str = "r") -> zarr.Array:  # noqa: F821
         """One of the arrays, opened for reading (``"r"``) or writing (``"r+"``)."""
+        import zarr
+
         return zarr.open_array(f"{self.path}/{name}", mode=mode)
 
 

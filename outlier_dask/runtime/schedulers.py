@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
+import numpy as np
 
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
 
@@ -166,6 +167,12 @@ def _keep_freed_memory() -> None:
 def _init_worker(parent: int) -> None:
     """Pool-worker initializer: see :func:`_die_with_parent` and :func:`_keep_freed_memory`."""
     _keep_freed_memory()
+    # numpy asks for transparent huge pages for large arrays; faulting in a worker's first
+    # few hundred MB that way cost 0.4 s of system time per worker (0.15 s with normal
+    # pages), and the streaming kernels here gain nothing from them.
+    set_hugepage = getattr(np._core.multiarray, "_set_madvise_hugepage", None)
+    if set_hugepage is not None:
+        set_hugepage(False)
     _die_with_parent(parent)
 
 
