@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asdf
 import gwcs
 import numpy as np
 from astropy.io import fits
@@ -289,7 +290,12 @@ def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
                 kind = hdul[0].header.get("DATAMODL", "ImageModel")
                 if kind != "ImageModel":
                     raise AssociationError(f"{label}: not a JWST image model ({kind})")
-                model = datamodels.ImageModel(hdul)
+                # asdf's schema validation of the whole tree on read is a fifth of the
+                # metadata time, and stdatamodels only warns on what it finds; the fields
+                # this step uses are checked in _member_from_model.
+                with asdf.config_context() as config:
+                    config.validate_on_read = False
+                    model = datamodels.ImageModel(hdul)
         except AssociationError:
             hdul.close()
             raise
