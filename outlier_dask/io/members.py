@@ -272,46 +272,46 @@ def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
         Naming the file, if one is not FITS, not a JWST image model, or lacks what the step
         needs (WCS, S_REGION, a positive exposure time).
     """
-    members = []
-    for index, entry in enumerate(entries):
-        label = str(entry.path)
-        hdul = None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # Metadata only: a raw memory map reads the ASDF tree and array shapes, not
-                # the ~100 MB of pixels (unscaled DQ is never used from this model).
-                hdul = fits.open(entry.path, memmap=True, do_not_scale_image_data=True)
-                if "ASDF" not in hdul:
-                    raise AssociationError(
-                        f"{label}: not a JWST data product (a FITS file without the ASDF "
-                        "extension the pipeline writes)"
-                    )
-                kind = hdul[0].header.get("DATAMODL", "ImageModel")
-                if kind != "ImageModel":
-                    raise AssociationError(f"{label}: not a JWST image model ({kind})")
-                # asdf's schema validation of the whole tree on read is a fifth of the
-                # metadata time, and stdatamodels only warns on what it finds; the fields
-                # this step uses are checked in _member_from_model.
-                with asdf.config_context() as config:
-                    config.validate_on_read = False
-                    model = datamodels.ImageModel(hdul)
-        except AssociationError:
-            hdul.close()
-            raise
-        except Exception as exc:  # noqa: BLE001 - any reader failure is a bad member
-            if hdul is not None:
-                hdul.close()
-            raise AssociationError(
-                f"{label}: cannot be read as a JWST datamodel ({_first_line(exc)})"
-            ) from None
-        with hdul, model:
-            members.append(
-                _member_from_model(
-                    model, index, label, FileSource(str(entry.path)), entry.group_id, entry.path
+    # asdf's schema validation of each whole tree on read is a fifth of the metadata time,
+    # and stdatamodels only warns on what it finds; the fields this step uses are checked in
+    # _member_from_model. One context for all files: each new one rebuilds asdf's extensions.
+    with asdf.config_context() as config:
+        config.validate_on_read = False
+        return [_member_from_file(entry, index) for index, entry in enumerate(entries)]
+
+
+def _member_from_file(entry: AssociationMember, index: int) -> Member:
+    """One member's metadata from its file (see :func:`members_from_files`)."""
+    label = str(entry.path)
+    hdul = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Metadata only: a raw memory map reads the ASDF tree and array shapes, not
+            # the ~100 MB of pixels (unscaled DQ is never used from this model).
+            hdul = fits.open(entry.path, memmap=True, do_not_scale_image_data=True)
+            if "ASDF" not in hdul:
+                raise AssociationError(
+                    f"{label}: not a JWST data product (a FITS file without the ASDF "
+                    "extension the pipeline writes)"
                 )
-            )
-    return members
+            kind = hdul[0].header.get("DATAMODL", "ImageModel")
+            if kind != "ImageModel":
+                raise AssociationError(f"{label}: not a JWST image model ({kind})")
+            model = datamodels.ImageModel(hdul)
+    except AssociationError:
+        hdul.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad member
+        if hdul is not None:
+            hdul.close()
+        raise AssociationError(
+            f"{label}: cannot be read as a JWST datamodel ({_first_line(exc)})"
+        ) from None
+    with hdul, model:
+        return _member_from_model(
+            model, index, label, FileSource(str(entry.path)), entry.group_id, entry.path
+        )
 
 
 def _first_line(exc: BaseException) -> str:
