@@ -148,7 +148,7 @@ def test_disk_full_while_writing_scratch(association, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("outlier_dask.engine.run.write_region", full)
+    monkeypatch.setattr("outlier_dask.engine.tasks.write_region", full)
     out, work = tmp_path / "out", tmp_path / "work"
     before = _checksums(association.cal_paths)
     with pytest.raises(DiskFullError, match=r"disk full \(output_dir .* free, work_dir .* free\)"):

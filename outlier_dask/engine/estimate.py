@@ -25,11 +25,13 @@ COPY_BYTES_PER_INPUT_PX = 16
 #: Bytes per block pixel of a blot+flag task: SCI, ERR, pixel map (2 x float64), blot,
 #: derivative, residual and the two threshold masks.
 BLOT_BYTES_PER_PX = 40
-#: Bytes per input pixel while writing a product: SCI, ERR, DQ and three variances (24 bytes),
-#: read, and their flagged copies.
-WRITE_BYTES_PER_PX = 48
-#: A median task on disk holds data, weight and the masked stack of its tile for every group,
-#: and its result.
+#: Bytes per input pixel while writing a product: the block masks and the mask assembled from
+#: them (the writer streams the arrays through in blocks of rows, a few MB).
+WRITE_BYTES_PER_PX = 2
+#: The store's own files (one small JSON document per array and group).
+STORE_METADATA_BYTES = 16 * 2**10
+#: A median task holds the masked stack of its tile for every group, the copy the NaN-median
+#: partitions, and its result.
 MEDIAN_BYTES_PER_STACK_PX = 3 * FLOAT32
 
 
@@ -41,13 +43,14 @@ def _area(window: Window | None) -> int:
 
 
 def _tiled_area(region: Window, grid_shape: tuple[int, int], tile: tuple[int, int]) -> int:
-    """Pixels of the grid tiles a region touches (what Zarr stores for it)."""
+    """Pixels Zarr stores for the grid tiles a region touches (whole chunks, even at the
+    grid's edges)."""
     (y0, y1), (x0, x1) = region
     if y0 >= y1 or x0 >= x1:
         return 0
     rows = [r for r in tile_ranges(grid_shape[0], tile[0]) if r[0] < y1 and r[1] > y0]
     cols = [c for c in tile_ranges(grid_shape[1], tile[1]) if c[0] < x1 and c[1] > x0]
-    return sum(b - a for a, b in rows) * sum(b - a for a, b in cols)
+    return len(rows) * tile[0] * len(cols) * tile[1]
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def estimate_resources(
         worker set  = max(drizzle: 40 * max(P_i in g) + 8 * A_g        (largest group)
                           blot+flag: 40 * block with halo + 4 * its median cut-out,
                           median: 12 * G * T,
-                          write: 48 * max(P_i))
+                          write: 2 * max(P_i))
         in memory   = 8 * sum(A_g)        grouped mosaics (data + weight, float32)
                     + 4 * G * N           the masked stack's tiles (one per group and tile)
                     + 4 * N               the median
@@ -137,16 +140,16 @@ def estimate_resources(
                     + W * worker set
                     + Q * 200 MiB         interpreter and libraries per process
         on disk     = 1 * sum(P_i) + W * worker set + Q * 200 MiB (memory)
-        scratch     = 8 * sum(tiles touched by A_g) + 4 * N       (disk, uncompressed)
+        scratch     = 4 * sum(tiles touched by A_g) + 4 * N       (disk, whole chunks)
 
     With ``shared`` (a local scheduler, stages handing over in shared memory) the mosaics stay
     in their tasks and blot reads the shared median, so in memory the grouped mosaics and
     cut-outs drop out, and on disk the median (``4 * N``) is added.
 
     ``keep_intermediate`` (``save_intermediate_results``, or a plot) adds the kept median
-    (``4 * N``) and blots (``4 * sum(P_i)``), and on disk the mosaics read back
-    (``8 * sum(A_g)``). Zarr compresses the scratch arrays and skips chunks left empty, so the
-    scratch figure is an upper bound.
+    (``4 * N``) and blots (``4 * sum(P_i)``), and on disk the mosaics and weights, stored
+    (``8 * sum(tiles touched by A_g)`` of scratch) and read back (``8 * sum(A_g)``). Zarr skips
+    chunks left empty, so the scratch figure is an upper bound.
 
     Parameters
     ----------
@@ -190,7 +193,9 @@ def estimate_resources(
         scratch = 0
     else:
         tiled = sum(_tiled_area(g.region, plan.grid_shape, plan.tile_shape) for g in plan.groups)
-        scratch = 2 * FLOAT32 * tiled + FLOAT32 * grid
+        whole = ((0, ny), (0, nx))
+        median = FLOAT32 * _tiled_area(whole, plan.grid_shape, plan.tile_shape)
+        scratch = (3 if keep_intermediate else 1) * FLOAT32 * tiled + median + STORE_METADATA_BYTES
         if keep_intermediate or shared:
             parts["median"] = FLOAT32 * grid
         if keep_intermediate:

@@ -33,21 +33,22 @@ from dask.base import tokenize
 
 from outlier_dask.engine.plan import Plan, tile_ranges
 from outlier_dask.engine.shared import SharedArray
-from outlier_dask.engine.stores import ScratchStore, read_window, write_region
+from outlier_dask.engine.stores import ScratchStore, read_window
 from outlier_dask.engine.tasks import (
     GroupMosaic,
     GroupTiles,
     MemberOutcome,
     MemberTaskInfo,
     blot_and_flag_block,
-    build_group_mosaic,
     fill_of,
     finish_member,
     masked_group_tiles,
-    masked_stack_block,
     median_into,
     median_of_tile,
     mosaic_into_stack,
+    mosaic_into_store,
+    outside_value,
+    store_stack_block,
 )
 from outlier_dask.parameters import OutlierParameters
 from outlier_dask.runtime.schedulers import Runner
@@ -106,13 +107,6 @@ def _task_info(plan: Plan, index: int, source=None) -> MemberTaskInfo:
     )
 
 
-def _mosaic_to_store(group, infos, params, store: ScratchStore, index: int) -> float:
-    mosaic = build_group_mosaic(group, infos, params)
-    write_region(store, "data", index, mosaic.region, mosaic.data)
-    write_region(store, "weight", index, mosaic.region, mosaic.weight)
-    return mosaic.threshold
-
-
 def _stack_from_group_tiles(plan: Plan, groups: list[GroupTiles]) -> da.Array:
     """The masked stack as a dask array, chunks (1, ty, tx).
 
@@ -138,14 +132,15 @@ def _stack_from_group_tiles(plan: Plan, groups: list[GroupTiles]) -> da.Array:
     return da.Array(graph, name, chunks, dtype=np.float32)
 
 
-def _stack_from_store(plan: Plan, store: ScratchStore, thresholds: list[float]) -> da.Array:
-    g = plan.n_groups
-    chunks = (g, *plan.tile_shape)
-    data = da.from_zarr(store.array("data"), chunks=chunks)
-    weight = da.from_zarr(store.array("weight"), chunks=chunks)
-    return da.map_blocks(
-        masked_stack_block, data, weight, thresholds=tuple(thresholds), dtype=np.float32
-    )
+def _stack_from_store(plan: Plan, store: ScratchStore, outside: tuple) -> da.Array:
+    """The masked stack stored out of core, as a dask array of (groups, ty, tx) blocks."""
+    data = da.from_zarr(store.array("data"), chunks=(plan.n_groups, *plan.tile_shape))
+    return da.map_blocks(_store_block, data, outside=outside, dtype=np.float32)
+
+
+def _store_block(block: np.ndarray, outside: tuple, block_info=None) -> np.ndarray:
+    (_, _), rows, cols = block_info[0]["array-location"]
+    return store_stack_block(block.copy(), (rows, cols), outside)
 
 
 def _median_graph(plan: Plan, stack: da.Array) -> da.Array:
@@ -287,13 +282,19 @@ def _mosaic_stage(
     keep = params.save_intermediate_results
     members_of = [[infos[i] for i in group.members] for group in plan.groups]
     if not params.in_memory:
-        store.create(plan.n_groups, plan.grid_shape, plan.tile_shape, data_fill=fill_of(params))
+        store.create(
+            plan.n_groups,
+            plan.grid_shape,
+            plan.tile_shape,
+            mosaic_fill=fill_of(params) if keep else None,
+        )
         tasks = [
-            dask.delayed(_mosaic_to_store)(group, members_of[g], params, store, g)
+            dask.delayed(mosaic_into_store)(group, members_of[g], params, store, g, keep)
             for g, group in enumerate(plan.groups)
         ]
         thresholds = list(runner.compute(*tasks, stage="drizzle"))
-        stack = None if shared else _stack_from_store(plan, store, thresholds)
+        outside = _outside_of_groups(plan, params, thresholds)
+        stack = None if shared else _stack_from_store(plan, store, outside)
         return thresholds, None, stack
     if shared:
         tasks = [
@@ -332,7 +333,7 @@ def _median_stage(
         source = (
             {"stack": shared["stack"]}
             if params.in_memory
-            else {"store": store, "thresholds": tuple(thresholds)}
+            else {"store": store, "outside": _outside_of_groups(plan, params, thresholds)}
         )
         ny, nx = plan.grid_shape
         tasks = [
@@ -352,10 +353,20 @@ def _median_stage(
     return None, None
 
 
+def _outside_of_groups(
+    plan: Plan, params: OutlierParameters, thresholds: list[float]
+) -> tuple[tuple[tuple, float], ...]:
+    """Per group, its region and what its masked mosaic holds beyond it."""
+    return tuple(
+        (group.region, outside_value(t, params))
+        for group, t in zip(plan.groups, thresholds, strict=True)
+    )
+
+
 def _mosaics_from_store(
     plan: Plan, store: ScratchStore, thresholds: list[float]
 ) -> list[GroupMosaic]:
-    data, weight = store.array("data"), store.array("weight")
+    data, weight = store.array("mosaic"), store.array("weight")
     mosaics = []
     for g, group in enumerate(plan.groups):
         (y0, y1), (x0, x1) = group.region

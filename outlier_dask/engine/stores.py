@@ -1,9 +1,10 @@
 """Where mosaics, weights and the median live between stages: memory or a Zarr store.
 
-With ``in_memory=False`` every group task writes its mosaic and weight straight into Zarr
-arrays chunked ``(1, ty, tx)`` (NaN fill, empty chunks not stored), the median reads them back
-as dask blocks holding the whole groups axis, and blot tasks read median cut-outs, so no
-process ever holds more than a region, a block or a tile.
+With ``in_memory=False`` every group task writes its masked mosaic straight into a Zarr array
+chunked ``(1, ty, tx)`` (NaN fill, empty chunks not stored), the median reads it back in blocks
+holding the whole groups axis, and blot tasks read the median (shared on local schedulers,
+cut-outs from the store otherwise), so no process ever holds more than a region, a block or a
+tile of the stack.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def _remove_tree(path: Path) -> None:
 
 @dataclass(frozen=True)
 class ScratchStore:
-    """Zarr arrays of one run: ``data`` and ``weight`` (groups, ny, nx), ``median`` (ny, nx)."""
+    """Zarr arrays of one run: the masked stack ``data`` (groups, ny, nx), ``median`` (ny, nx),
+    and for intermediate products ``mosaic`` and ``weight`` (groups, ny, nx)."""
 
     path: str
 
@@ -79,32 +81,34 @@ class ScratchStore:
         n_groups: int,
         grid_shape: tuple[int, int],
         tile: tuple[int, int],
-        data_fill: float = np.nan,
+        mosaic_fill: float | None = None,
     ) -> None:
         """Create the empty arrays (no chunk is written until a task writes it).
 
-        ``data_fill`` is what mosaics hold where no input reaches (drizzle's ``fillval``).
+        ``data`` (groups, ny, nx) holds the masked mosaics, NaN where nothing was written;
+        ``median`` (ny, nx). With ``mosaic_fill`` (the drizzle fill value), ``mosaic`` and
+        ``weight`` (groups, ny, nx) also hold the unmasked mosaics and their weights, for
+        intermediate products. Chunks are not compressed: scratch data is read once, and
+        compressing it cost more time than the disk it saved.
         """
         import zarr  # imported by out-of-core runs only (a tenth of a second)
 
         root = zarr.open_group(self.path, mode="w")
-        for name in ("data", "weight"):
+        arrays = {"data": ((n_groups, *grid_shape), (1, *tile), np.nan)}
+        if mosaic_fill is not None:
+            arrays["mosaic"] = ((n_groups, *grid_shape), (1, *tile), mosaic_fill)
+            arrays["weight"] = ((n_groups, *grid_shape), (1, *tile), 0.0)
+        arrays["median"] = (grid_shape, tile, np.nan)
+        for name, (shape, chunks, fill) in arrays.items():
             root.create_array(
                 name,
-                shape=(n_groups, *grid_shape),
-                chunks=(1, *tile),
+                shape=shape,
+                chunks=chunks,
                 dtype="float32",
-                fill_value=data_fill if name == "data" else 0.0,
+                fill_value=fill,
+                compressors=None,
                 config={"write_empty_chunks": False},
             )
-        root.create_array(
-            "median",
-            shape=grid_shape,
-            chunks=tile,
-            dtype="float32",
-            fill_value=np.nan,
-            config={"write_empty_chunks": False},
-        )
 
     def array(self, name: str, mode: str = "r") -> zarr.Array:  # noqa: F821
         """One of the arrays, opened for reading (``"r"``) or writing (``"r+"``)."""

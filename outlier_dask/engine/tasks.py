@@ -15,7 +15,7 @@ import numpy as np
 
 from outlier_dask.engine.plan import BlockPlan, GroupPlan, Window
 from outlier_dask.engine.shared import SharedArray
-from outlier_dask.engine.stores import ScratchStore
+from outlier_dask.engine.stores import ScratchStore, write_region
 from outlier_dask.geometry.pixel_map import PixelMap
 from outlier_dask.io.members import PixelSource
 from outlier_dask.kernels.flags import flag_resampled_outliers, flag_unresampled_outliers
@@ -39,10 +39,12 @@ __all__ = [
     "build_group_mosaic",
     "finish_member",
     "masked_group_tiles",
-    "masked_stack_block",
     "median_into",
     "median_of_tile",
     "mosaic_into_stack",
+    "mosaic_into_store",
+    "outside_value",
+    "store_stack_block",
     "tile_of_region",
 ]
 
@@ -187,16 +189,21 @@ def masked_group_tiles(
                 (j * tx, min((j + 1) * tx, grid_shape[1])),
             )
             tiles[(i, j)] = tile_of_region(mosaic.region, masked, window, np.nan)
-    # Beyond the region the weight is 0 and the mosaic holds the fill value, as in the
-    # reference's full-grid mosaic, unless the weight mask hides it.
-    fill = fill_of(params)
-    outside = np.nan if mosaic.threshold > 0 else fill
+    outside = outside_value(mosaic.threshold, params)
     if not np.isnan(outside):
-        tiles = {
-            k: np.where(_outside_region(mosaic.region, k, tile_shape, grid_shape), outside, t)
-            for k, t in tiles.items()
-        }
+        for (i, j), tile in tiles.items():
+            window = ((i * ty, i * ty + tile.shape[0]), (j * tx, j * tx + tile.shape[1]))
+            tile[_outside_region(mosaic.region, window)] = outside
     return GroupTiles(tiles, float(outside), mosaic.threshold, mosaic if keep_mosaic else None)
+
+
+def outside_value(threshold: float, params: OutlierParameters) -> float:
+    """What a group's masked mosaic holds beyond its region.
+
+    There the weight is 0 and the reference's full-grid mosaic holds the fill value, which
+    the weight mask hides (NaN) when the group's threshold is above 0.
+    """
+    return np.nan if threshold > 0 else fill_of(params)
 
 
 def mosaic_into_stack(
@@ -226,7 +233,7 @@ def mosaic_into_stack(
     mosaic = build_group_mosaic(group, infos, params)
     plane = stack.view()[index]
     (y0, y1), (x0, x1) = mosaic.region
-    outside = np.nan if mosaic.threshold > 0 else fill_of(params)
+    outside = outside_value(mosaic.threshold, params)
     plane[:y0] = outside
     plane[y1:] = outside
     plane[y0:y1, :x0] = outside
@@ -240,12 +247,12 @@ def median_into(
     window: Window,
     stack: SharedArray | None = None,
     store: ScratchStore | None = None,
-    thresholds: tuple[float, ...] = (),
+    outside: tuple[tuple[Window, float], ...] = (),
 ) -> None:
     """NaN-median over groups of one window of the stack, written into the shared median.
 
-    The stack is either shared (already masked) or the Zarr mosaics and weights of an
-    out-of-core run, masked here by each group's ``thresholds``.
+    The masked stack is either shared or the ``data`` array of an out-of-core run's store,
+    completed by :func:`store_stack_block`.
 
     Parameters
     ----------
@@ -254,45 +261,67 @@ def median_into(
         ``((y0, y1), (x0, x1))`` of the grid.
     stack : SharedArray, shape (n_groups, ny, nx), float32, optional
     store : ScratchStore, optional
-    thresholds : tuple of float
-        Per group, with ``store``.
+    outside : tuple of (Window, float)
+        Per group, with ``store``: its region and :func:`outside_value`.
     """
     (y0, y1), (x0, x1) = window
     if stack is not None:
         block = stack.view()[:, y0:y1, x0:x1]
     else:
-        block = masked_stack_block(
-            store.array("data")[:, y0:y1, x0:x1],
-            store.array("weight")[:, y0:y1, x0:x1],
-            thresholds,
-        )
+        block = store_stack_block(store.array("data")[:, y0:y1, x0:x1], window, outside)
     median.view()[y0:y1, x0:x1] = nanmedian_stack(block)
 
 
-def masked_stack_block(
-    data: np.ndarray, weight: np.ndarray, thresholds: tuple[float, ...]
-) -> np.ndarray:
-    """Apply each group's weight threshold to a block of the stack.
+def mosaic_into_store(
+    group: GroupPlan,
+    infos: list[MemberTaskInfo],
+    params: OutlierParameters,
+    store: ScratchStore,
+    index: int,
+    keep_mosaic: bool,
+) -> float:
+    """Build a group's mosaic, mask it by weight and write its region into the store.
 
-    ``data`` and ``weight`` are (n_groups, ty, tx) float32; returns the masked data, same shape.
+    Only the masked region is written (``data``, NaN elsewhere); the unmasked mosaic and its
+    weight go to ``mosaic`` and ``weight`` only when kept for intermediate products. Returns
+    the group's weight threshold.
     """
-    return np.stack(
-        [mask_low_weight(d, w, t) for d, w, t in zip(data, weight, thresholds, strict=True)]
-    )
+    mosaic = build_group_mosaic(group, infos, params)
+    write_region(store, "data", index, mosaic.region, mosaic.masked())
+    if keep_mosaic:
+        write_region(store, "mosaic", index, mosaic.region, mosaic.data)
+        write_region(store, "weight", index, mosaic.region, mosaic.weight)
+    return mosaic.threshold
 
 
-def _outside_region(
-    region: Window,
-    index: tuple[int, int],
-    tile_shape: tuple[int, int],
-    grid_shape: tuple[int, int],
+def store_stack_block(
+    block: np.ndarray, window: Window, outside: tuple[tuple[Window, float], ...]
 ) -> np.ndarray:
-    """Bool (ty, tx): pixels of tile ``index`` outside ``region``."""
+    """Complete a block of the stored masked stack beyond each group's region.
+
+    The store holds NaN wherever a group wrote nothing; a group whose :func:`outside_value`
+    is a number (the fill value) gets that number there instead.
+
+    Parameters
+    ----------
+    block : ndarray, shape (n_groups, ty, tx), float32
+        The stored ``data`` over ``window`` (modified in place and returned).
+    window : Window
+        ``((y0, y1), (x0, x1))`` of the grid.
+    outside : tuple of (Window, float)
+        Per group, its region and outside value.
+    """
+    for plane, (region, value) in zip(block, outside, strict=True):
+        if not np.isnan(value):
+            plane[_outside_region(region, window)] = value
+    return block
+
+
+def _outside_region(region: Window, window: Window) -> np.ndarray:
+    """Bool (rows, cols) of ``window``: its pixels outside ``region``."""
     (y0, y1), (x0, x1) = region
-    i, j = index
-    ty, tx = tile_shape
-    rows = np.arange(i * ty, min((i + 1) * ty, grid_shape[0]))
-    cols = np.arange(j * tx, min((j + 1) * tx, grid_shape[1]))
+    rows = np.arange(*window[0])
+    cols = np.arange(*window[1])
     inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
     return ~inside
 
