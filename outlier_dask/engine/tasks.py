@@ -100,9 +100,11 @@ def _weights(info: MemberTaskInfo, params: OutlierParameters, window: Window | N
 
 
 def _drizzle_inputs(
-    infos: list[MemberTaskInfo], params: OutlierParameters
+    infos: list[MemberTaskInfo], params: OutlierParameters, origin: tuple[int, int]
 ) -> Iterator[DrizzleInput]:
-    """Members read one at a time, so a group task holds one input's arrays at once."""
+    """Members read one at a time, so a group task holds one input's arrays at once.
+
+    Positions are counted from ``origin`` ``(y0, x0)``, the region's first pixel."""
     for info in infos:
         sci = info.source.read("SCI")
         if info.background_level is not None:
@@ -111,7 +113,7 @@ def _drizzle_inputs(
         yield DrizzleInput(
             data=sci,
             weight=_weights(info, params),
-            pixmap=info.pixel_map.evaluate((0, ny), (0, nx)),
+            pixmap=info.pixel_map.evaluate((0, ny), (0, nx), origin),
             exposure_time=info.exposure_time,
         )
 
@@ -131,8 +133,7 @@ def build_group_mosaic(
         weight = _weights(info, params)
     else:
         data, weight = drizzle_onto_region(
-            _drizzle_inputs(infos, params),
-            (y0, x0),
+            _drizzle_inputs(infos, params, (y0, x0)),
             (y1 - y0, x1 - x0),
             kernel=params.kernel,
             pixfrac=params.pixfrac,

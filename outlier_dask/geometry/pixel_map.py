@@ -90,19 +90,25 @@ class PixelMap:
     spline_x: RectBivariateSpline | None = None
     spline_y: RectBivariateSpline | None = None
 
-    def evaluate(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    def evaluate(
+        self, rows: tuple[int, int], cols: tuple[int, int], origin: tuple[int, int] = (0, 0)
+    ) -> np.ndarray:
         """Output positions of the input pixels in a window.
 
         Parameters
         ----------
         rows, cols : (int, int)
             Half-open ranges ``[start, stop)`` of input rows and columns.
+        origin : (int, int)
+            ``(y0, x0)`` of the output pixel positions are counted from (e.g. a region's first
+            pixel). Subtracting an integer from positions near it is exact in float64, so
+            this equals evaluating at ``(0, 0)`` and shifting, without a second pass.
 
         Returns
         -------
         ndarray, shape (stop_r - start_r, stop_c - start_c, 2), float64
-            ``[..., 0]`` output x and ``[..., 1]`` output y, 0-based pixel centres; NaN for
-            pixels outside the input's valid range.
+            ``[..., 0]`` output x and ``[..., 1]`` output y, 0-based pixel centres relative
+            to ``origin``; NaN for pixels outside the input's valid range.
         """
         xmin, xmax, ymin, ymax = self.valid_range
         r0, r1 = max(rows[0], ymin), min(rows[1], ymax + 1)
@@ -117,12 +123,15 @@ class PixelMap:
         target = out[r0 - rows[0] : r1 - rows[0], c0 - cols[0] : c1 - cols[0]]
         yy = np.arange(r0, r1, dtype=np.float64)
         xx = np.arange(c0, c1, dtype=np.float64)
+        y0, x0 = (float(v) for v in origin)
         if self.method == "spline":
-            target[..., 0] = self.spline_x(yy, xx)
-            target[..., 1] = self.spline_y(yy, xx)
+            np.subtract(self.spline_x(yy, xx), x0, out=target[..., 0])
+            np.subtract(self.spline_y(yy, xx), y0, out=target[..., 1])
         else:
             gy, gx = np.meshgrid(yy, xx, indexing="ij")
-            target[..., 0], target[..., 1] = _exact_positions(self.wcs_in, self.wcs_out, gx, gy)
+            ox, oy = _exact_positions(self.wcs_in, self.wcs_out, gx, gy)
+            np.subtract(ox, x0, out=target[..., 0])
+            np.subtract(oy, y0, out=target[..., 1])
         return out
 
     def border_bounds(

@@ -36,9 +36,8 @@ class DrizzleInput:
     weight : ndarray, shape (wy, wx), float32
         Drizzle weight per input pixel (0 where unusable).
     pixmap : ndarray, shape (wy, wx, 2), float64
-        Output-grid position (x, y) of each input pixel centre, 0-based, in the frame of the
-        whole output grid. Consumed: :func:`drizzle_onto_region` shifts it in place to the
-        region's frame rather than holding a second copy.
+        Position (x, y) of each input pixel centre on the region :func:`drizzle_onto_region`
+        fills, 0-based: its output-grid position minus the region's origin.
     exposure_time : float
         Exposure time in seconds (> 0); bookkeeping only, as data are in rate units.
     """
@@ -51,7 +50,6 @@ class DrizzleInput:
 
 def drizzle_onto_region(
     inputs: Iterable[DrizzleInput],
-    region_origin: tuple[int, int],
     region_shape: tuple[int, int],
     *,
     kernel: str = "square",
@@ -66,8 +64,6 @@ def drizzle_onto_region(
         The members of one exposure group, in group order (an iterator lets the caller load
         them one at a time); each member's whole outline must lie inside the region, except
         where the region ends at the output grid's edge.
-    region_origin : (int, int)
-        ``(y0, x0)`` of the region's first pixel in the output grid.
     region_shape : (int, int)
         ``(ry, rx)`` of the region.
     kernel, pixfrac, fillval
@@ -80,18 +76,13 @@ def drizzle_onto_region(
     weight : ndarray, shape (ry, rx), float32
         Summed drizzle weight per output pixel.
     """
-    y0, x0 = region_origin
     driz = Drizzle(kernel=kernel, fillval=fillval, out_shape=region_shape, disable_ctx=True)
-    # Subtracting an integer origin from positions that lie near it is exact in float64.
-    shift = np.array([x0, y0], dtype=np.float64)
     added = 0
     for item in inputs:
-        pixmap = item.pixmap
-        pixmap -= shift
         driz.add_image(
             item.data,
             exptime=item.exposure_time,
-            pixmap=pixmap,
+            pixmap=item.pixmap,
             weight_map=item.weight,
             pixfrac=pixfrac,
             in_units="cps",

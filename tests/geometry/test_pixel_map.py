@@ -100,3 +100,15 @@ def test_linear_map_is_interpolated_exactly():
     y, x = np.mgrid[0:40, 0:50]
     np.testing.assert_allclose(values[..., 0], x + 3.25, atol=1e-9)
     np.testing.assert_allclose(values[..., 1], y - 1.5, atol=1e-9)
+
+
+@pytest.mark.parametrize("tolerance", [1e-4, 0.0])
+def test_positions_from_an_origin_are_shifted_exactly(wcs_pair, tolerance):
+    """Counting positions from a region's origin equals shifting afterwards, bit for bit."""
+    wcs_in, grid = wcs_pair
+    pixel_map = build_pixel_map(wcs_in, grid, SHAPE, tolerance_px=tolerance)
+    window = ((13, 101), (57, 240))
+    shifted = pixel_map.evaluate(*window, origin=(17, 29))
+    expected = pixel_map.evaluate(*window) - np.array([29.0, 17.0])
+    np.testing.assert_array_equal(shifted, expected)
+    assert np.isfinite(shifted).all()

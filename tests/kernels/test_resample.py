@@ -83,10 +83,8 @@ def test_region_drizzle_equals_whole_grid(kernel, pixfrac):
     low = np.floor(np.min([m.min(axis=(0, 1)) for m in maps], axis=0)).astype(int) - 2
     high = np.ceil(np.max([m.max(axis=(0, 1)) for m in maps], axis=0)).astype(int) + 3
     (x0, y0), (x1, y1) = low, high
-    inputs = [DrizzleInput(data, weight, m, 1.0) for m in maps]
-    out, wht = drizzle_onto_region(
-        inputs, (y0, x0), (y1 - y0, x1 - x0), kernel=kernel, pixfrac=pixfrac
-    )
+    inputs = [DrizzleInput(data, weight, m - [x0, y0], 1.0) for m in maps]
+    out, wht = drizzle_onto_region(inputs, (y1 - y0, x1 - x0), kernel=kernel, pixfrac=pixfrac)
     np.testing.assert_array_equal(out, whole.out_img[y0:y1, x0:x1])
     np.testing.assert_array_equal(wht, whole.out_wht[y0:y1, x0:x1])
     assert x0 > 0
@@ -98,7 +96,7 @@ def test_region_drizzle_equals_whole_grid(kernel, pixfrac):
 
 
 def test_empty_region_is_fill_and_zero_weight():
-    out, wht = drizzle_onto_region([], (0, 0), (3, 4), fillval="0")
+    out, wht = drizzle_onto_region([], (3, 4), fillval="0")
     np.testing.assert_array_equal(out, np.zeros((3, 4), np.float32))
     np.testing.assert_array_equal(wht, np.zeros((3, 4), np.float32))
 
