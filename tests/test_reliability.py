@@ -81,9 +81,12 @@ def _fail_on_third_input(original):
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_a_failure_mid_run_leaves_nothing(association, tmp_path, monkeypatch, in_memory):
-    import outlier_dask.engine.run as run
+    import outlier_dask.engine.tasks as tasks
 
-    monkeypatch.setattr(run, "blot_and_flag_block", _fail_on_third_input(run.blot_and_flag_block))
+    # Local schedulers call it from flag_member (in tasks), distributed ones from run.
+    failing = _fail_on_third_input(tasks.blot_and_flag_block)
+    monkeypatch.setattr(tasks, "blot_and_flag_block", failing)
+    monkeypatch.setattr("outlier_dask.engine.run.blot_and_flag_block", failing)
     before = _checksums(association.cal_paths)
     out, work = tmp_path / "out", tmp_path / "work"
     with pytest.raises(RuntimeError, match="simulated failure on the third input"):
@@ -130,9 +133,12 @@ def test_existing_products_survive_a_failed_overwrite(
     out = tmp_path / "out"
     first = detect_outliers(association.asn_path, output_dir=out, scheduler="synchronous")
     before = _checksums(first.outputs)
-    import outlier_dask.engine.run as run
+    import outlier_dask.engine.tasks as tasks
 
-    monkeypatch.setattr(run, "blot_and_flag_block", _fail_on_third_input(run.blot_and_flag_block))
+    # Local schedulers call it from flag_member (in tasks), distributed ones from run.
+    failing = _fail_on_third_input(tasks.blot_and_flag_block)
+    monkeypatch.setattr(tasks, "blot_and_flag_block", failing)
+    monkeypatch.setattr("outlier_dask.engine.run.blot_and_flag_block", failing)
     with pytest.raises(RuntimeError):
         detect_outliers(
             association.asn_path, output_dir=out, overwrite=True, scheduler="synchronous"

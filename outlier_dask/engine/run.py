@@ -31,7 +31,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from outlier_dask.engine.plan import Plan, tile_ranges
+from outlier_dask.engine.plan import BlockPlan, Plan, tile_ranges
 from outlier_dask.engine.shared import SharedArray
 from outlier_dask.engine.stores import ScratchStore, read_window
 from outlier_dask.engine.tasks import (
@@ -42,6 +42,7 @@ from outlier_dask.engine.tasks import (
     blot_and_flag_block,
     fill_of,
     finish_member,
+    flag_member,
     masked_group_tiles,
     median_into,
     median_of_tile,
@@ -204,35 +205,12 @@ def run_plan(
     log.info("stage median: %d x %d in %.1f s", *plan.grid_shape, timings["median"])
 
     start = time.perf_counter()
-    blocks_by_member: list[list] = [[] for _ in plan.members]
-    for block in plan.blocks:
-        if block.cutout is None:
-            source = None
-        elif median_for_blot is not None:
-            source = median_for_blot
-        elif median is not None:
-            (y0, y1), (x0, x1) = block.cutout
-            source = median[y0:y1, x0:x1].copy()
-        else:
-            source = dask.delayed(read_window)(store, "median", block.cutout)
-        blocks_by_member[block.member].append(
-            dask.delayed(blot_and_flag_block)(
-                block, infos[block.member], source, plan.grid_shape, params, keep
-            )
+    if median_for_blot is not None:
+        outcomes = _flag_members_shared(
+            plan, params, runner, infos, median_for_blot, writers, keep_masks
         )
-    # Each input's blocks feed one task that assembles its mask and, for file inputs, writes
-    # its product, so masks never gather in this process (only what callers ask to keep).
-    finish = [
-        dask.delayed(finish_member)(
-            plan.members[i].shape,
-            blocks,
-            writers[i] if writers else None,
-            keep_masks or not writers,
-            keep,
-        )
-        for i, blocks in enumerate(blocks_by_member)
-    ]
-    outcomes: list[MemberOutcome] = list(runner.compute(*finish, stage="blot+flag"))
+    else:
+        outcomes = _flag_members(plan, params, runner, infos, median, store, writers, keep_masks)
     timings["blot_flag"] = time.perf_counter() - start
     # Products are written inside the per-input tasks: report the task-seconds spent writing.
     timings["write"] = sum(o.write_seconds for o in outcomes)
@@ -264,6 +242,78 @@ def run_plan(
         covered_pixels=[o.covered for o in outcomes],
         flagged=[o.flagged for o in outcomes],
     )
+
+
+def _flag_members_shared(
+    plan: Plan,
+    params: OutlierParameters,
+    runner: Runner,
+    infos: list[MemberTaskInfo],
+    median: SharedArray,
+    writers: list[Callable[[np.ndarray], Any]] | None,
+    keep_masks: bool,
+) -> list[MemberOutcome]:
+    """Stage 3 on a local scheduler: one task per input, blotting the shared median."""
+    keep = params.save_intermediate_results
+    blocks_by_member: list[list[BlockPlan]] = [[] for _ in plan.members]
+    for block in plan.blocks:
+        blocks_by_member[block.member].append(block)
+    tasks = [
+        dask.delayed(flag_member)(
+            member.shape,
+            blocks_by_member[i],
+            infos[i],
+            median,
+            plan.grid_shape,
+            params,
+            writers[i] if writers else None,
+            keep_masks or not writers,
+            keep,
+        )
+        for i, member in enumerate(plan.members)
+    ]
+    return list(runner.compute(*tasks, stage="blot+flag"))
+
+
+def _flag_members(
+    plan: Plan,
+    params: OutlierParameters,
+    runner: Runner,
+    infos: list[MemberTaskInfo],
+    median: np.ndarray | None,
+    store: ScratchStore | None,
+    writers: list[Callable[[np.ndarray], Any]] | None,
+    keep_masks: bool,
+) -> list[MemberOutcome]:
+    """Stage 3 elsewhere: a task per block with its median cut-out, a task per input after."""
+    keep = params.save_intermediate_results
+    blocks_by_member: list[list] = [[] for _ in plan.members]
+    for block in plan.blocks:
+        if block.cutout is None:
+            source = None
+        elif median is not None:
+            (y0, y1), (x0, x1) = block.cutout
+            source = median[y0:y1, x0:x1].copy()
+        else:
+            source = dask.delayed(read_window)(store, "median", block.cutout)
+        blocks_by_member[block.member].append(
+            dask.delayed(blot_and_flag_block)(
+                block, infos[block.member], source, plan.grid_shape, params, keep
+            )
+        )
+    # Each input's blocks feed one task that assembles its mask and, for file inputs, writes
+    # its product, so masks never gather in this process (only what callers ask to keep).
+    finish = [
+        dask.delayed(finish_member)(
+            plan.members[i].shape,
+            blocks,
+            writers[i] if writers else None,
+            keep_masks or not writers,
+            keep,
+        )
+        for i, blocks in enumerate(blocks_by_member)
+    ]
+    return list(runner.compute(*finish, stage="blot+flag"))
 
 
 def _mosaic_stage(

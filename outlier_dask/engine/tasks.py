@@ -38,6 +38,7 @@ __all__ = [
     "MemberOutcome",
     "build_group_mosaic",
     "finish_member",
+    "flag_member",
     "masked_group_tiles",
     "median_into",
     "median_of_tile",
@@ -481,6 +482,28 @@ def finish_member(
         blot=blot,
         write_seconds=time.perf_counter() - started if writer is not None else 0.0,
     )
+
+
+def flag_member(
+    shape: tuple[int, int],
+    blocks: list[BlockPlan],
+    info: MemberTaskInfo,
+    median: SharedArray,
+    grid_shape: tuple[int, int],
+    params: OutlierParameters,
+    writer: Callable[[np.ndarray], Any] | None,
+    keep_mask: bool,
+    keep_blot: bool,
+) -> MemberOutcome:
+    """Blot and flag every block of one input against the shared median, then finish it.
+
+    One task per input on local schedulers: its blocks run one after the other (a block's
+    memory at a time), and no block mask travels between processes.
+    """
+    results = [
+        blot_and_flag_block(block, info, median, grid_shape, params, keep_blot) for block in blocks
+    ]
+    return finish_member(shape, results, writer, keep_mask, keep_blot)
 
 
 def fill_of(params: OutlierParameters) -> float:
