@@ -73,24 +73,24 @@ def _inconsistent(hdul: fits.HDUList) -> None:
     sci[9, 20] = -0.0
 
 
-def _plain_int32_dq(hdul: fits.HDUList) -> None:
-    """DQ stored as int32 without BZERO (values below 2**31)."""
+def _dq_stored_as(hdul: fits.HDUList, dtype: type) -> None:
+    """Inconsistent arrays, and DQ rewritten as ``dtype`` (astropy picks BZERO for it)."""
     _inconsistent(hdul)
     dq = hdul["DQ"]
     header = dq.header.copy()
     for key in ("BZERO", "BSCALE"):
         header.remove(key, ignore_missing=True)
-    hdul[hdul.index_of("DQ")] = fits.ImageHDU(dq.data.astype(np.int32), header=header)
+    hdul[hdul.index_of("DQ")] = fits.ImageHDU(dq.data.astype(dtype), header=header)
+
+
+def _plain_int32_dq(hdul: fits.HDUList) -> None:
+    """DQ stored as int32 without BZERO (values below 2**31)."""
+    _dq_stored_as(hdul, np.int32)
 
 
 def _uint16_dq(hdul: fits.HDUList) -> None:
     """DQ stored as int16 with BZERO 32768 (pseudo-unsigned 16-bit)."""
-    _inconsistent(hdul)
-    dq = hdul["DQ"]
-    header = dq.header.copy()
-    for key in ("BZERO", "BSCALE"):
-        header.remove(key, ignore_missing=True)
-    hdul[hdul.index_of("DQ")] = fits.ImageHDU(dq.data.astype(np.uint16), header=header)
+    _dq_stored_as(hdul, np.uint16)
 
 
 def _no_var_rnoise(hdul: fits.HDUList) -> None:
