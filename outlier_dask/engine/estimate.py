@@ -144,7 +144,9 @@ def estimate_resources(
 
     With ``shared`` (a local scheduler, stages handing over in shared memory) the mosaics stay
     in their tasks and blot reads the shared median, so in memory the grouped mosaics and
-    cut-outs drop out, and on disk the median (``4 * N``) is added.
+    cut-outs drop out and the stack is ``4 * sum(tiles touched by A_g)`` (each group's plane
+    is written only on the tiles its region meets), and on disk the median (``4 * N``) is
+    added.
 
     ``keep_intermediate`` (``save_intermediate_results``, or a plot) adds the kept median
     (``4 * N``) and blots (``4 * sum(P_i)``), and on disk the mosaics and weights, stored
@@ -184,15 +186,16 @@ def estimate_resources(
         "outlier masks": member_px,
     }
     regions = sum(_area(g.region) for g in plan.groups)
+    tiled = sum(_tiled_area(g.region, plan.grid_shape, plan.tile_shape) for g in plan.groups)
     if in_memory:
-        parts["masked stack"] = FLOAT32 * plan.n_groups * grid
+        # Shared planes are written only on the tiles their group meets.
+        parts["masked stack"] = FLOAT32 * (tiled if shared else plan.n_groups * grid)
         parts["median"] = FLOAT32 * grid
         if not shared:
             parts["grouped mosaics"] = 2 * FLOAT32 * regions
             parts["median cut-outs"] = FLOAT32 * sum(_area(b.cutout) for b in plan.blocks)
         scratch = 0
     else:
-        tiled = sum(_tiled_area(g.region, plan.grid_shape, plan.tile_shape) for g in plan.groups)
         whole = ((0, ny), (0, nx))
         median = FLOAT32 * _tiled_area(whole, plan.grid_shape, plan.tile_shape)
         scratch = (3 if keep_intermediate else 1) * FLOAT32 * tiled + median + STORE_METADATA_BYTES

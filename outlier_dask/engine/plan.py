@@ -18,7 +18,7 @@ from outlier_dask.io.members import Member
 from outlier_dask.kernels.flags import FLAG_HALO_PX
 from outlier_dask.parameters import OutlierParameters
 
-__all__ = ["BlockPlan", "GroupPlan", "Plan", "make_plan", "tile_ranges"]
+__all__ = ["BlockPlan", "GroupPlan", "Plan", "make_plan", "tile_ranges", "tiles_covering"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,24 @@ class Plan:
 def tile_ranges(n: int, size: int) -> list[Range]:
     """Half-open ranges of length ``size`` (the last one shorter) covering ``[0, n)``."""
     return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def tiles_covering(
+    region: Window, tile_shape: tuple[int, int], grid_shape: tuple[int, int]
+) -> Window | None:
+    """The smallest rectangle of whole grid tiles holding ``region`` (None if it is empty).
+
+    Tiles of the grid either lie inside it or do not meet it, so a tile either takes the
+    group's plane of the stack or only the group's value beyond its region.
+    """
+    (y0, y1), (x0, x1) = region
+    if y0 >= y1 or x0 >= x1:
+        return None
+    ty, tx = tile_shape
+    return (
+        ((y0 // ty) * ty, min(-(-y1 // ty) * ty, grid_shape[0])),
+        ((x0 // tx) * tx, min(-(-x1 // tx) * tx, grid_shape[1])),
+    )
 
 
 def _groups_in_order(members: list[Member]) -> dict[str, list[int]]:

@@ -31,7 +31,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from outlier_dask.engine.plan import BlockPlan, Plan, tile_ranges
+from outlier_dask.engine.plan import BlockPlan, Plan, tile_ranges, tiles_covering
 from outlier_dask.engine.shared import SharedArray
 from outlier_dask.engine.stores import ScratchStore, read_window
 from outlier_dask.engine.tasks import (
@@ -348,7 +348,9 @@ def _mosaic_stage(
         return thresholds, None, stack
     if shared:
         tasks = [
-            dask.delayed(mosaic_into_stack)(group, members_of[g], params, shared["stack"], g, keep)
+            dask.delayed(mosaic_into_stack)(
+                group, members_of[g], params, shared["stack"], g, _tiles_of(plan, group), keep
+            )
             for g, group in enumerate(plan.groups)
         ]
         done = runner.compute(*tasks, stage="drizzle")
@@ -380,17 +382,34 @@ def _median_stage(
     read (None when not shared).
     """
     if shared:
-        source = (
-            {"stack": shared["stack"]}
-            if params.in_memory
-            else {"store": store, "outside": _outside_of_groups(plan, params, thresholds)}
+        outside = _outside_of_groups(plan, params, thresholds)
+        if params.in_memory:
+            source = {
+                "stack": shared["stack"],
+                "outside": tuple(
+                    (_tiles_of(plan, group), value)
+                    for group, (_, value) in zip(plan.groups, outside, strict=True)
+                ),
+            }
+        else:
+            source = {"store": store, "outside": outside}
+        # A tile no group's region meets holds every group's outside value: its median is
+        # that of those values, found here once instead of by a task per tile.
+        empty_tile = median_of_tile(
+            np.array([v for _, v in outside], dtype=np.float32)[:, None, None]
         )
         ny, nx = plan.grid_shape
-        tasks = [
-            dask.delayed(median_into)(shared["median"], (rows, cols), **source)
-            for rows in tile_ranges(ny, plan.tile_shape[0])
-            for cols in tile_ranges(nx, plan.tile_shape[1])
-        ]
+        median = shared["median"].view()
+        tasks = []
+        for rows in tile_ranges(ny, plan.tile_shape[0]):
+            for cols in tile_ranges(nx, plan.tile_shape[1]):
+                if any(_meets(g.region, (rows, cols)) for g in plan.groups):
+                    tasks.append(
+                        dask.delayed(median_into)(shared["median"], (rows, cols), **source)
+                    )
+                else:
+                    median[slice(*rows), slice(*cols)] = empty_tile[0, 0]
+        del median
         runner.compute(*tasks, stage="median")
         return None, shared["median"]
     median_lazy = _median_graph(plan, stack)
@@ -401,6 +420,18 @@ def _median_stage(
     target = store.array("median", "r+")
     runner.compute(da.store(median_lazy, target, lock=False, compute=False), stage="median")
     return None, None
+
+
+def _tiles_of(plan: Plan, group) -> tuple | None:
+    """The whole grid tiles holding ``group``'s region."""
+    return tiles_covering(group.region, plan.tile_shape, plan.grid_shape)
+
+
+def _meets(region: tuple, window: tuple) -> bool:
+    """Whether two half-open rectangles ``((y0, y1), (x0, x1))`` share a pixel."""
+    (a0, a1), (b0, b1) = region
+    (c0, c1), (d0, d1) = window
+    return max(a0, c0) < min(a1, c1) and max(b0, d0) < min(b1, d1)
 
 
 def _outside_of_groups(

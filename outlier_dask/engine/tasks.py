@@ -214,16 +214,21 @@ def mosaic_into_stack(
     params: OutlierParameters,
     stack: SharedArray,
     index: int,
+    box: Window | None,
     keep_mosaic: bool,
 ) -> tuple[float, GroupMosaic | None]:
-    """Build a group's mosaic, mask it by weight, and write it as plane ``index`` of ``stack``.
+    """Build a group's mosaic, mask it by weight, and write it into plane ``index`` of ``stack``.
 
     Parameters
     ----------
     stack : SharedArray, shape (n_groups, ny, nx), float32
-        The masked stack, shared with the run's process. Beyond the group's region the plane
-        holds what the reference's full-grid mosaic holds there: the fill value, or NaN when
-        the weight mask hides zero-weight pixels (threshold above 0).
+        The masked stack, shared with the run's process.
+    box : Window or None
+        The whole tiles holding the group's region (see
+        :func:`~outlier_dask.engine.plan.tiles_covering`). Only they are written: the region
+        gets the masked mosaic, the rest of the box what the reference's full-grid mosaic
+        holds beyond the region (:func:`outside_value`). Tiles outside the box are never
+        touched, so they cost no memory; the median stage uses the outside value there.
 
     Returns
     -------
@@ -233,8 +238,12 @@ def mosaic_into_stack(
         The unmasked mosaic and its weight, if ``keep_mosaic``.
     """
     mosaic = build_group_mosaic(group, infos, params)
-    plane = stack.view()[index]
+    if box is None:
+        return mosaic.threshold, mosaic if keep_mosaic else None
+    (b0, b1), (c0, c1) = box
+    plane = stack.view()[index, b0:b1, c0:c1]
     (y0, y1), (x0, x1) = mosaic.region
+    y0, y1, x0, x1 = y0 - b0, y1 - b0, x0 - c0, x1 - c0
     outside = outside_value(mosaic.threshold, params)
     plane[:y0] = outside
     plane[y1:] = outside
@@ -244,31 +253,54 @@ def mosaic_into_stack(
     return mosaic.threshold, mosaic if keep_mosaic else None
 
 
+def _stack_block(
+    stack: SharedArray, window: Window, planes: tuple[tuple[Window | None, float], ...]
+) -> np.ndarray:
+    """A (n_groups, ty, tx) block of the shared stack; groups whose tiles do not include
+    ``window`` hold their outside value there."""
+    (y0, y1), (x0, x1) = window
+    view = stack.view()
+    block = np.empty((len(planes), y1 - y0, x1 - x0), dtype=np.float32)
+    for g, (box, value) in enumerate(planes):
+        if box is not None and _contains(box, window):
+            block[g] = view[g, y0:y1, x0:x1]
+        else:
+            block[g] = value
+    return block
+
+
+def _contains(outer: Window, inner: Window) -> bool:
+    (a0, a1), (b0, b1) = outer
+    (c0, c1), (d0, d1) = inner
+    return a0 <= c0 and c1 <= a1 and b0 <= d0 and d1 <= b1
+
+
 def median_into(
     median: SharedArray,
     window: Window,
     stack: SharedArray | None = None,
     store: ScratchStore | None = None,
-    outside: tuple[tuple[Window, float], ...] = (),
+    outside: tuple[tuple[Window | None, float], ...] = (),
 ) -> None:
-    """NaN-median over groups of one window of the stack, written into the shared median.
+    """NaN-median over groups of one tile of the stack, written into the shared median.
 
-    The masked stack is either shared or the ``data`` array of an out-of-core run's store,
-    completed by :func:`store_stack_block`.
+    The masked stack is either shared (groups' planes written only on their tiles) or the
+    ``data`` array of an out-of-core run's store, completed by :func:`store_stack_block`.
 
     Parameters
     ----------
     median : SharedArray, shape (ny, nx), float32
     window : Window
-        ``((y0, y1), (x0, x1))`` of the grid.
+        ``((y0, y1), (x0, x1))``: one tile of the grid.
     stack : SharedArray, shape (n_groups, ny, nx), float32, optional
     store : ScratchStore, optional
-    outside : tuple of (Window, float)
-        Per group, with ``store``: its region and :func:`outside_value`.
+    outside : tuple of (Window or None, float)
+        Per group, :func:`outside_value` and where it does not apply: the whole tiles
+        written (with ``stack``) or the region (with ``store``).
     """
     (y0, y1), (x0, x1) = window
     if stack is not None:
-        block = stack.view()[:, y0:y1, x0:x1]
+        block = _stack_block(stack, window, outside)
     else:
         block = store_stack_block(store.array("data")[:, y0:y1, x0:x1], window, outside)
     median.view()[y0:y1, x0:x1] = nanmedian_stack(block)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from outlier_dask.engine.plan import make_plan
+from outlier_dask.engine.plan import make_plan, tile_ranges
 from outlier_dask.engine.run import run_plan, shared_array_specs
 from outlier_dask.engine.shared import SharedArray, shared_arrays
 from outlier_dask.engine.stores import ScratchStore, scratch_directory
@@ -166,3 +166,55 @@ def test_shared_array_outside_the_run_is_a_clear_error():
     stale = SharedArray(handle.key, handle.shape, handle.dtype)
     with pytest.raises(RuntimeError, match="not mapped in process .* processes, threads"):
         stale.view()
+
+
+@pytest.fixture(scope="module")
+def sparse_models():
+    """Dithers of 90% of a detector: grid tiles met by 0, 1, 2 or all 3 groups."""
+    models, _ = make_models(
+        n_exposures=3, n_detectors=2, detector_shape=(72, 80), seed=3, dither_fraction=0.9
+    )
+    return models
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize(
+    "values", [{}, {"fillval": "0", "maskpt": 0.0}], ids=["defaults", "fill-0-maskpt-0"]
+)
+def test_tiles_a_group_does_not_meet_hold_its_outside_value(
+    sparse_models, tmp_path, in_memory, values
+):
+    """Shared planes are written only on the tiles each group meets, and tiles no group meets
+    get no task; medians, blots and masks still equal the path that builds every tile."""
+    plan, expected = _run(
+        sparse_models, tile_size=16, block_size=32, save_intermediate_results=True, **values
+    )
+    _, result = _run(
+        sparse_models,
+        tmp_path,
+        shared=True,
+        in_memory=in_memory,
+        tile_size=16,
+        block_size=32,
+        save_intermediate_results=True,
+        **values,
+    )
+    ny, nx = plan.grid_shape
+    regions = [g.region for g in plan.groups]
+    untouched = [
+        (rows, cols)
+        for rows in tile_ranges(ny, 16)
+        for cols in tile_ranges(nx, 16)
+        if not any(
+            max(r[0][0], rows[0]) < min(r[0][1], rows[1])
+            and max(r[1][0], cols[0]) < min(r[1][1], cols[1])
+            for r in regions
+        )
+    ]
+    assert len(untouched) > 5
+    np.testing.assert_array_equal(result.median, expected.median)
+    for want, got in zip(expected.blots, result.blots, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for want, got in zip(expected.masks, result.masks, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert sum(int(m.sum()) for m in result.masks) > 10

@@ -9,7 +9,7 @@ import pytest
 
 from outlier_dask.engine.budget import MIN_TILE_PX, default_memory_limit, fit_to_budget
 from outlier_dask.engine.estimate import estimate_resources
-from outlier_dask.engine.plan import make_plan
+from outlier_dask.engine.plan import make_plan, tile_ranges
 from outlier_dask.io.members import members_from_models
 from outlier_dask.parameters import OutlierParameters
 from outlier_dask.synthetic import make_models
@@ -100,6 +100,15 @@ def test_shared_memory_changes_what_the_estimate_holds(members):
 
     assert {"grouped mosaics", "median cut-outs"} <= set(parts(True, False))
     assert not {"grouped mosaics", "median cut-outs"} & set(parts(True, True))
-    assert parts(True, True)["masked stack"] == 4 * plan.n_groups * grid
+    # Shared planes hold only the (whole) tiles their group's region meets.
+    ty, tx = plan.tile_shape
+    met = 0
+    for group in plan.groups:
+        (y0, y1), (x0, x1) = group.region
+        rows = [r for r in tile_ranges(plan.grid_shape[0], ty) if r[0] < y1 and y0 < r[1]]
+        cols = [c for c in tile_ranges(plan.grid_shape[1], tx) if c[0] < x1 and x0 < c[1]]
+        met += len(rows) * len(cols) * ty * tx
+    assert parts(True, False)["masked stack"] == 4 * plan.n_groups * grid
+    assert parts(True, True)["masked stack"] == 4 * met
     assert "median" not in parts(False, False)
     assert parts(False, True)["median"] == 4 * grid
