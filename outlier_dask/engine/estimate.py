@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from outlier_dask.engine.plan import Plan, Window, tile_ranges
+from outlier_dask.engine.plan import Plan, Window, tiles_covering
 
 __all__ = ["ResourceEstimate", "estimate_resources", "python_processes", "worker_task_sizes"]
 
@@ -45,12 +45,11 @@ def _area(window: Window | None) -> int:
 def _tiled_area(region: Window, grid_shape: tuple[int, int], tile: tuple[int, int]) -> int:
     """Pixels Zarr stores for the grid tiles a region touches (whole chunks, even at the
     grid's edges)."""
-    (y0, y1), (x0, x1) = region
-    if y0 >= y1 or x0 >= x1:
+    box = tiles_covering(region, tile, grid_shape)
+    if box is None:
         return 0
-    rows = [r for r in tile_ranges(grid_shape[0], tile[0]) if r[0] < y1 and r[1] > y0]
-    cols = [c for c in tile_ranges(grid_shape[1], tile[1]) if c[0] < x1 and c[1] > x0]
-    return len(rows) * tile[0] * len(cols) * tile[1]
+    (y0, y1), (x0, x1) = box
+    return -(-(y1 - y0) // tile[0]) * tile[0] * -(-(x1 - x0) // tile[1]) * tile[1]
 
 
 @dataclass(frozen=True)

@@ -343,9 +343,10 @@ def _mosaic_stage(
             for g, group in enumerate(plan.groups)
         ]
         thresholds = list(runner.compute(*tasks, stage="drizzle"))
+        if shared:
+            return thresholds, None, None
         outside = _outside_of_groups(plan, params, thresholds)
-        stack = None if shared else _stack_from_store(plan, store, outside)
-        return thresholds, None, stack
+        return thresholds, None, _stack_from_store(plan, store, outside)
     if shared:
         tasks = [
             dask.delayed(mosaic_into_stack)(
