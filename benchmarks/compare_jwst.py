@@ -334,9 +334,16 @@ class TreeSampler(threading.Thread):
         Seconds between samples.
     """
 
+    #: Seconds between PSS readings. Reading ``smaps_rollup`` walks every page table of a
+    #: process under its memory-map lock; at every 0.1 s sample it cost a two-process run
+    #: ~0.35 s of wall time, so PSS is read less often than RSS (which is cheap).
+    PSS_INTERVAL_S = 1.0
+
     def __init__(self, interval: float) -> None:
         super().__init__(daemon=True)
         self.interval = interval
+        self._pss_every = max(1, round(self.PSS_INTERVAL_S / interval))
+        self._samples = 0
         self.peak_rss = 0
         self.peak_pss = 0
         self.peak_processes = 0
@@ -348,13 +355,15 @@ class TreeSampler(threading.Thread):
         import psutil
 
         total, total_pss, count = 0, 0, 0
+        with_pss = self._samples % self._pss_every == 0
+        self._samples += 1
         for proc in psutil.Process().children(recursive=True):
             try:
                 with proc.oneshot():
                     rss = proc.memory_info().rss
                     times = proc.cpu_times()
                     key = (proc.pid, proc.create_time())
-                pss = self._pss(proc)
+                pss = self._pss(proc) if with_pss else 0
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             total += rss
@@ -472,6 +481,10 @@ def measure_run(
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*output_dir.glob("*_crf.fits"), output_dir / RUN_MARKER]:
         stale.unlink(missing_ok=True)
+    # Earlier runs' products (1.6 GB per medium run) may still be on their way to disk, and a
+    # run that starts meanwhile pays for that writeback in its own writes. Flushing them first
+    # gives every run, jwst's and ours, the same start.
+    os.sync()
     log_path = output_dir / f"{spec.name}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", spec.name]
     command += ["--asn", str(asn_path), "--output-dir", str(output_dir)]
@@ -844,7 +857,9 @@ def report_markdown(context: dict[str, Any], results: list[Measurement]) -> str:
         "to its exit (imports included). CPU s is user + system time of the process and all its "
         f"descendants: {cpu_method}. Peak RSS is the largest sum of RSS over the process tree "
         f"in samples taken every {interval:g} s (pages shared between forked workers are "
-        "counted once per process; the peak PSS below splits them instead). flagged: "
+        "counted once per process; the peak PSS below splits them instead, and is read "
+        f"every {TreeSampler.PSS_INTERVAL_S:g} s, as reading it slows the processes read). "
+        "flagged: "
         "OUTLIER (DQ 16) pixels in the written `_crf.fits` files; Jaccard: |A∩B|/|A∪B| of "
         f"those masks against jwst defaults{reference_note}, "
         "over all inputs.",

@@ -112,3 +112,27 @@ def test_positions_from_an_origin_are_shifted_exactly(wcs_pair, tolerance):
     expected = pixel_map.evaluate(*window) - np.array([29.0, 17.0])
     np.testing.assert_array_equal(shifted, expected)
     assert np.isfinite(shifted).all()
+
+
+def test_tensor_spline_equals_fitpack_evaluation():
+    """Evaluating axis by axis gives fitpack's tensor-product values, to rounding."""
+    from scipy.interpolate import RectBivariateSpline
+
+    from outlier_dask.geometry.pixel_map import TensorSpline
+
+    ys, xs = np.linspace(0.0, 199.0, 9), np.linspace(0.0, 239.0, 11)
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    zx = 900.0 + 1.01 * gx - 0.02 * gy + 3e-6 * gx * gy + 1e-3 * np.sin(gx / 30.0)
+    zy = 40.0 + 0.03 * gx + 0.99 * gy - 2e-6 * gy**2 + 1e-3 * np.cos(gy / 25.0)
+    fx = RectBivariateSpline(ys, xs, zx, kx=3, ky=3)
+    fy = RectBivariateSpline(ys, xs, zy, kx=3, ky=3)
+    spline = TensorSpline.from_splines(fx, fy)
+    rows, cols = np.arange(0.0, 200.0), np.arange(0.0, 240.0)
+    values = spline.positions(rows, cols)
+    assert values.shape == (200, 240, 2)
+    np.testing.assert_allclose(values[..., 0], fx(rows, cols), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(values[..., 1], fy(rows, cols), rtol=0, atol=1e-9)
+    # Any window of rows and columns is the same arithmetic as the whole frame.
+    np.testing.assert_array_equal(spline.positions(rows[7:8], cols), values[7:8])
+    np.testing.assert_array_equal(spline.positions(rows, cols[200:201]), values[:, 200:201])
+    np.testing.assert_array_equal(spline.positions(rows[3:150], cols[9:31]), values[3:150, 9:31])
