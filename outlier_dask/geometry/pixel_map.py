@@ -199,9 +199,7 @@ class PixelMap:
             np.subtract(oy, y0, out=target[..., 1])
         return out
 
-    def _spline_positions(
-        self, yy: np.ndarray, xx: np.ndarray, x0: float, y0: float
-    ) -> np.ndarray:
+    def _spline_positions(self, yy: np.ndarray, xx: np.ndarray, x0: float, y0: float) -> np.ndarray:
         """Checked-spline positions at rows ``yy`` and columns ``xx``, less ``(x0, y0)``."""
         positions = self.spline.positions(yy, xx)
         if (x0, y0) != (0.0, 0.0):
