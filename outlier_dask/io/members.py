@@ -7,8 +7,9 @@ task needs (FITS files are memory-mapped), so process workers exchange file name
 
 from __future__ import annotations
 
+import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import asdf
 import gwcs
 import numpy as np
 from astropy.io import fits
+from stdatamodels.fits_support import fits_hash
 from stdatamodels.jwst import datamodels
 
 from outlier_dask.io.association import (
@@ -64,9 +66,19 @@ class PixelSource:
 
 @dataclass(frozen=True)
 class FileSource(PixelSource):
-    """Arrays of a FITS file on disk, memory-mapped and sliced."""
+    """Arrays of a FITS file on disk, memory-mapped and sliced.
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    shapes : dict of str to tuple of int, optional
+        Shapes of its image extensions by name, as read with the member's metadata, so that
+        checks do not open the file again; None reads them from the file when asked.
+    """
 
     path: str
+    shapes: Mapping[str, tuple[int, ...]] | None = field(default=None, compare=False)
 
     def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
         """See :meth:`PixelSource.read`."""
@@ -85,9 +97,19 @@ class FileSource(PixelSource):
 
     def shape_of(self, name: str) -> tuple[int, ...] | None:
         """See :meth:`PixelSource.shape_of` (read from the extension's header)."""
+        if self.shapes is not None:
+            return self.shapes.get(name)
         with fits.open(self.path, memmap=True) as hdul:
-            shape = hdul[name].shape if name in hdul else ()
-            return tuple(shape) if shape else None
+            return _image_shapes(hdul).get(name)
+
+
+def _image_shapes(hdul: fits.HDUList) -> dict[str, tuple[int, ...]]:
+    """Shapes of the named extensions holding an array (first of each name), from headers."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for hdu in hdul:
+        if isinstance(hdu, fits.ImageHDU) and hdu.name not in shapes and hdu.shape:
+            shapes[hdu.name] = tuple(hdu.shape)
+    return shapes
 
 
 @dataclass(frozen=True)
@@ -209,57 +231,110 @@ def _positive_number(value: Any) -> bool:
         return False
 
 
-def _member_from_model(
-    model: datamodels.ImageModel,
+@dataclass(frozen=True)
+class _Fields:
+    """What one input's metadata says, from a datamodel or straight from its file's ASDF tree.
+
+    Values are as stored (unchecked); :func:`_member_from_fields` checks them.
+    """
+
+    wcs: Any
+    shape: tuple[int, ...]
+    exposure_time: Any
+    measurement_time: Any
+    wcsinfo: dict[str, Any]
+    group_id: Any
+    observation: dict[str, Any]
+    background_level: Any
+    background_subtracted: Any
+    filename: str | None
+    rnoise_shape: tuple[int, ...] | None
+
+
+def _fields_of_model(model: datamodels.ImageModel, label: str) -> _Fields:
+    if not isinstance(model, datamodels.ImageModel):
+        raise AssociationError(f"{label}: not a JWST image model ({type(model).__name__})")
+    meta = model.meta
+    rnoise = getattr(model, "var_rnoise", None) if model.hasattr("var_rnoise") else None
+    return _Fields(
+        wcs=meta.wcs,
+        shape=tuple(np.shape(model.data)),
+        exposure_time=meta.exposure.exposure_time,
+        measurement_time=meta.exposure.measurement_time,
+        wcsinfo=meta.wcsinfo.instance,
+        group_id=getattr(meta, "group_id", None),
+        observation=meta.observation.instance,
+        background_level=meta.background.level,
+        background_subtracted=meta.background.subtracted,
+        filename=meta.filename,
+        rnoise_shape=None if rnoise is None else tuple(np.shape(rnoise)),
+    )
+
+
+def _fields_of_tree(tree: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> _Fields:
+    """The fields of an unedited file's ASDF tree (see :func:`_unedited_tree`)."""
+    meta = tree.get("meta") or {}
+    exposure = meta.get("exposure") or {}
+    background = meta.get("background") or {}
+    return _Fields(
+        wcs=meta.get("wcs"),
+        shape=shapes.get("SCI", ()),
+        exposure_time=exposure.get("exposure_time"),
+        measurement_time=exposure.get("measurement_time"),
+        wcsinfo=dict(meta.get("wcsinfo") or {}),
+        group_id=meta.get("group_id"),
+        observation=dict(meta.get("observation") or {}),
+        background_level=background.get("level"),
+        background_subtracted=background.get("subtracted"),
+        filename=meta.get("filename"),
+        rnoise_shape=shapes.get("VAR_RNOISE"),
+    )
+
+
+def _member_from_fields(
+    fields: _Fields,
     index: int,
     label: str,
     source: PixelSource,
     asn_group_id: str | None,
     path: Path | None,
 ) -> Member:
-    if not isinstance(model, datamodels.ImageModel):
-        raise AssociationError(f"{label}: not a JWST image model ({type(model).__name__})")
-    wcs = model.meta.wcs
-    if wcs is None:
+    """The member, once the fields the step uses are checked (raises AssociationError)."""
+    if fields.wcs is None:
         raise AssociationError(f"{label}: has no WCS (meta.wcs); run assign_wcs first")
-    data = model.data
-    if data is None or data.ndim != 2 or min(data.shape) < 2:
-        raise AssociationError(f"{label}: SCI must be a 2-D image, got shape {np.shape(data)}")
-    exposure = model.meta.exposure
-    exptime = exposure.exposure_time
+    shape = fields.shape
+    if len(shape) != 2 or min(shape) < 2:
+        raise AssociationError(f"{label}: SCI must be a 2-D image, got shape {shape}")
+    exptime = fields.exposure_time
     if not _positive_number(exptime):
         raise AssociationError(
             f"{label}: meta.exposure.exposure_time must be a positive number, got {exptime!r}"
         )
-    measurement_time = exposure.measurement_time
+    measurement_time = fields.measurement_time
     if measurement_time is not None and not _positive_number(measurement_time):
         raise AssociationError(
             f"{label}: meta.exposure.measurement_time must be a positive number when given, "
             f"got {measurement_time!r}"
         )
-    wcsinfo = model.meta.wcsinfo.instance
-    if not wcsinfo.get("s_region"):
+    if not fields.wcsinfo.get("s_region"):
         raise AssociationError(f"{label}: meta.wcsinfo.s_region is missing")
-    group_id = asn_group_id or getattr(model.meta, "group_id", None)
+    group_id = asn_group_id or fields.group_id
     if not group_id:
-        group_id = group_id_from_observation(model.meta.observation.instance)
-    background = model.meta.background
-    level = background.level
-    subtracted = background.subtracted
-    rnoise = getattr(model, "var_rnoise", None) if model.hasattr("var_rnoise") else None
+        group_id = group_id_from_observation(fields.observation)
+    level = fields.background_level
     return Member(
         index=index,
-        name=Path(model.meta.filename or label).name,
+        name=Path(fields.filename or label).name,
         group_id=str(group_id or f"exposure{index + 1:04d}"),
-        shape=tuple(data.shape),
-        wcs=wcs,
-        wcsinfo=dict(wcsinfo),
+        shape=(int(shape[0]), int(shape[1])),
+        wcs=fields.wcs,
+        wcsinfo=dict(fields.wcsinfo),
         exposure_time=float(exptime),
         measurement_time=measurement_time,
-        background_level=None if subtracted or level is None else float(level),
+        background_level=(None if fields.background_subtracted or level is None else float(level)),
         source=source,
         path=path,
-        has_var_rnoise=var_rnoise_usable(None if rnoise is None else np.shape(rnoise), data.shape),
+        has_var_rnoise=var_rnoise_usable(fields.rnoise_shape, shape),
     )
 
 
@@ -280,6 +355,21 @@ def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
         return [_member_from_file(entry, index) for index, entry in enumerate(entries)]
 
 
+def _unedited_tree(hdul: fits.HDUList) -> dict[str, Any] | None:
+    """The file's ASDF tree, if its headers are still those the tree was written with.
+
+    stdatamodels then uses the tree as it is (the FITS keywords are skipped), so reading the
+    tree with asdf alone gives the same metadata without building the datamodel, its schema
+    and its arrays (a fifth of the metadata time). A file whose headers were edited after it
+    was written (the hash stored in the tree differs) returns None: the datamodel then reads
+    the edited keywords, as it documents.
+    """
+    with asdf.open(io.BytesIO(hdul["ASDF"].data), lazy_load=True, memmap=False) as asdf_file:
+        tree = dict(asdf_file.tree)
+    stored = tree.get("_fits_hash")
+    return tree if stored is not None and stored == fits_hash(hdul) else None
+
+
 def _member_from_file(entry: AssociationMember, index: int) -> Member:
     """One member's metadata from its file (see :func:`members_from_files`)."""
     label = str(entry.path)
@@ -298,7 +388,13 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
             kind = hdul[0].header.get("DATAMODL", "ImageModel")
             if kind != "ImageModel":
                 raise AssociationError(f"{label}: not a JWST image model ({kind})")
-            model = datamodels.ImageModel(hdul)
+            shapes = _image_shapes(hdul)
+            tree = _unedited_tree(hdul)
+            if tree is not None:
+                fields = _fields_of_tree(tree, shapes)
+            else:
+                with datamodels.ImageModel(hdul) as model:
+                    fields = _fields_of_model(model, label)
     except AssociationError:
         hdul.close()
         raise
@@ -308,10 +404,9 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
         raise AssociationError(
             f"{label}: cannot be read as a JWST datamodel ({_first_line(exc)})"
         ) from None
-    with hdul, model:
-        return _member_from_model(
-            model, index, label, FileSource(str(entry.path)), entry.group_id, entry.path
-        )
+    with hdul:
+        source = FileSource(str(entry.path), shapes)
+        return _member_from_fields(fields, index, label, source, entry.group_id, entry.path)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -329,7 +424,8 @@ def members_from_models(models: Sequence[datamodels.ImageModel]) -> list[Member]
         for name, attr in _MODEL_ATTRS.items():
             if model.hasattr(attr):
                 arrays[name] = getattr(model, attr)
-        member = _member_from_model(model, index, label, ArraySource(arrays), None, None)
+        fields = _fields_of_model(model, label)
+        member = _member_from_fields(fields, index, label, ArraySource(arrays), None, None)
         member.model = model
         members.append(member)
     return members
