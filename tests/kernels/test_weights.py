@@ -255,3 +255,19 @@ def test_std_of_finite_values_equals_numpy_nanstd(size):
         got = _nanstd_of_finite(values)
         assert type(got) is type(expected)
         assert got == expected, (seed, got, expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sorted_ranks_equal_a_full_sort(seed):
+    """Ranks placed one after another, in any order, read the fully sorted values."""
+    from outlier_dask.kernels.weights import _SortedRanks
+
+    rng = np.random.default_rng(seed)
+    values = np.round(rng.normal(0, 30, 5_001)).astype(np.float32)  # many ties
+    ordered = np.sort(values)
+    ranks = _SortedRanks(values)
+    for rank in rng.integers(1, values.size, 40):
+        assert ranks.value(int(rank)) == ordered[rank]
+        assert ranks.value_below(int(rank)) == ordered[rank - 1]
+    assert ranks.value(0) == ordered[0]
+    assert ranks.value(values.size - 1) == ordered[-1]
