@@ -334,9 +334,9 @@ class TreeSampler(threading.Thread):
         Seconds between samples.
     with_pss : bool
         Also read PSS. That reads ``smaps_rollup``, which walks every page table of a process
-        under its memory-map lock: sampled every 0.1 s (or even every 1 s) it slowed a
-        two-process outlier_dask run by 0.2-0.4 s, mostly while it writes its products. Timed
-        runs therefore leave it out, and an extra, untimed run of each configuration reads it.
+        under its memory-map lock: sampled every 0.1 s it slowed a two-process outlier_dask
+        run of 7.4 s by about 1 s (every 1 s, by 0.5 s). Timed runs therefore leave it out,
+        and an extra, untimed run of each configuration reads it.
     """
 
     def __init__(self, interval: float, with_pss: bool = False) -> None:
