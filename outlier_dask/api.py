@@ -320,7 +320,9 @@ def detect_outliers(
         return _finish(skipped, product, members, None, None, None, extras)
     started = time.perf_counter()
     plan = make_plan(members, product, params)
-    plan, params = fit_to_budget(plan, params).apply(plan, params)
+    # Stages hand over in shared memory only on a local scheduler this call starts.
+    shared = client is None and params.scheduler in LOCAL_SCHEDULERS
+    plan, params = fit_to_budget(plan, params, shared=shared).apply(plan, params)
     timings = {"plan": time.perf_counter() - started}
     _check_free_space(plan, params)
     log.info(
@@ -337,10 +339,8 @@ def detect_outliers(
             else stack.enter_context(scratch_store(params.work_dir, scratch))
         )
         # Shared arrays are mapped before a local scheduler forks its workers, which share them.
-        shared = (
-            stack.enter_context(shared_arrays(shared_array_specs(plan, params)))
-            if client is None and params.scheduler in LOCAL_SCHEDULERS
-            else None
+        shared_memory = (
+            stack.enter_context(shared_arrays(shared_array_specs(plan, params))) if shared else None
         )
         with start_runner(params, client, str(scratch), security) as runner:
             runner.progress = display
@@ -349,7 +349,7 @@ def detect_outliers(
                 params,
                 runner,
                 store,
-                shared=shared,
+                shared=shared_memory,
                 writers=_product_writers(plan, outputs) if from_files else None,
                 keep_median=extras.plot is not None,
                 keep_masks=extras.plot is not None,

@@ -93,14 +93,14 @@ class BudgetDecision:
         return plan, params
 
 
-def _estimate(plan: Plan, params: OutlierParameters, in_memory: bool, workers: int):
+def _estimate(plan: Plan, params: OutlierParameters, in_memory: bool, workers: int, shared: bool):
     return estimate_resources(
         plan,
         in_memory=in_memory,
         n_workers=workers,
         processes=python_processes(params.scheduler, workers),
         keep_intermediate=params.save_intermediate_results,
-        shared=params.scheduler in LOCAL_SCHEDULERS,
+        shared=shared,
     )
 
 
@@ -116,8 +116,17 @@ def _fitting_tile(plan: Plan, tile: int) -> int:
     return tile
 
 
-def fit_to_budget(plan: Plan, params: OutlierParameters) -> BudgetDecision:
-    """Choose workers, tile size and ``in_memory`` so the run fits ``params.memory_limit``."""
+def fit_to_budget(
+    plan: Plan, params: OutlierParameters, *, shared: bool | None = None
+) -> BudgetDecision:
+    """Choose workers, tile size and ``in_memory`` so the run fits ``params.memory_limit``.
+
+    ``shared`` says whether stages hand over in shared memory (a local scheduler this process
+    starts); by default, whether ``params.scheduler`` is local. A run on a caller's
+    ``distributed`` client is not shared whatever the scheduler parameter says.
+    """
+    if shared is None:
+        shared = params.scheduler in LOCAL_SCHEDULERS
     budget = (
         parse_memory_size(params.memory_limit) if params.memory_limit else default_memory_limit()
     )
@@ -130,17 +139,17 @@ def fit_to_budget(plan: Plan, params: OutlierParameters) -> BudgetDecision:
         notes.append(f"tiles of {tile} pixels so a median task fits beside the others")
     plan = dataclasses.replace(plan, tile_shape=(tile, tile))
     in_memory = params.in_memory
-    if in_memory and _estimate(plan, params, True, 1).peak_memory > budget:
+    if in_memory and _estimate(plan, params, True, 1, shared).peak_memory > budget:
         in_memory = False
-        needed = _estimate(plan, params, True, 1).peak_memory
+        needed = _estimate(plan, params, True, 1, shared).peak_memory
         notes.append(
             f"mosaics and median kept on disk (in_memory=False): in memory they need "
             f"~{needed / 2**30:.1f} GiB, above the memory limit of {budget / 2**30:.1f} GiB"
         )
     workers = wanted
-    while workers > 1 and _estimate(plan, params, in_memory, workers).peak_memory > budget:
+    while workers > 1 and _estimate(plan, params, in_memory, workers, shared).peak_memory > budget:
         workers -= 1
-    estimate = _estimate(plan, params, in_memory, workers)
+    estimate = _estimate(plan, params, in_memory, workers, shared)
     if workers < wanted:
         notes.append(f"{workers} worker(s) instead of {wanted} to stay within the memory limit")
     if estimate.peak_memory > budget:

@@ -112,3 +112,32 @@ def test_shared_memory_changes_what_the_estimate_holds(members):
     assert parts(True, True)["masked stack"] == 4 * met
     assert "median" not in parts(False, False)
     assert parts(False, True)["median"] == 4 * grid
+
+
+def test_a_caller_client_is_budgeted_without_shared_memory(members, monkeypatch, tmp_path):
+    """With a distributed client, stages do not hand over in shared memory: the budget
+    counts the stack and median as they then travel, whatever ``scheduler`` says."""
+    from outlier_dask import api
+
+    params = OutlierParameters(scheduler="processes", n_workers=2)
+    plan = make_plan(members, "budget", params)
+    local = fit_to_budget(plan, params)
+    remote = fit_to_budget(plan, params, shared=False)
+    assert local.estimate.peak_memory != remote.estimate.peak_memory
+
+    seen = []
+
+    class StopBeforeWorkError(Exception):
+        pass
+
+    def spy(plan, params, *, shared=None):
+        seen.append(shared)
+        raise StopBeforeWorkError
+
+    monkeypatch.setattr(api, "fit_to_budget", spy)
+    monkeypatch.setattr(api, "_check_before_work", lambda *args: None)
+    models = [m.model for m in members]
+    for client in (None, object()):
+        with pytest.raises(StopBeforeWorkError):
+            api.detect_outliers(models, client=client, scheduler="processes")
+    assert seen == [True, False]
