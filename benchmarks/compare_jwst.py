@@ -538,32 +538,18 @@ def measure_repeated(
 ) -> Measurement:
     """Measure ``spec`` ``args.repeat`` times and keep the fastest successful repetition; its
     peak PSS comes from one more run that reads it (see :class:`TreeSampler`)."""
+    options = {"interval": args.interval, "timeout": args.timeout, "exact_cpu": exact_cpu}
     kept: Measurement | None = None
     walls = []
     for _ in range(args.repeat):
-        m = measure_run(
-            spec,
-            asn_path,
-            output_dir,
-            interval=args.interval,
-            timeout=args.timeout,
-            exact_cpu=exact_cpu,
-        )
+        m = measure_run(spec, asn_path, output_dir, **options)
         if not m.ok:
             return m
         walls.append(m.wall_s)
         if kept is None or m.wall_s < kept.wall_s:
             kept = m
     kept.repeat_walls = walls
-    untimed = measure_run(
-        spec,
-        asn_path,
-        output_dir,
-        interval=args.interval,
-        timeout=args.timeout,
-        exact_cpu=exact_cpu,
-        with_pss=True,
-    )
+    untimed = measure_run(spec, asn_path, output_dir, **options, with_pss=True)
     if untimed.ok:
         kept.peak_pss_bytes = untimed.peak_pss_bytes
     return kept
