@@ -213,7 +213,8 @@ def main() -> None:
             "Data: synthetic NIRCam-like association, 2 detectors of 2048 x 2048 per exposure. "
             "Peak memory: the sum over the process and all its workers, sampled every 0.1 s "
             "(RSS counts pages that forked workers share with their parent in each process; "
-            "PSS counts them once).",
+            "PSS counts them once). Reading PSS that often slows the runs it reads (see "
+            "compare_jwst), so the wall times here are for scale, not speed figures.",
             "",
             table(rows, args.memory_limit),
         ]
