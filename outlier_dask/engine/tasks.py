@@ -89,8 +89,10 @@ class GroupMosaic:
 
 
 def _weights(info: MemberTaskInfo, params: OutlierParameters, window: Window | None = None):
-    dq = info.source.read("DQ", window)
-    rnoise = info.source.read("VAR_RNOISE", window) if params.weight_type == "ivm" else None
+    if params.weight_type == "ivm":
+        dq, rnoise = info.source.read_all(("DQ", "VAR_RNOISE"), window)
+    else:
+        dq, rnoise = info.source.read("DQ", window), None
     return drizzle_weight_map(
         dq,
         rnoise,
@@ -434,8 +436,7 @@ def blot_and_flag_block(
     (r0, r1), (c0, c1) = block.outer
     (i0, i1), (j0, j1) = block.inner
     inner = (slice(i0 - r0, i1 - r0), slice(j0 - c0, j1 - c0))
-    sci = info.source.read("SCI", block.outer)
-    err = info.source.read("ERR", block.outer)
+    sci, err = info.source.read_all(("SCI", "ERR"), block.outer)
     if err is None:
         err = np.zeros_like(sci)
     if median is None or block.cutout is None:

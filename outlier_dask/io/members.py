@@ -59,6 +59,12 @@ class PixelSource:
         """The array ``name`` (``SCI``, ``ERR``, ``DQ``, ``VAR_*``), or None if absent."""
         raise NotImplementedError
 
+    def read_all(
+        self, names: Sequence[str], window: Window | None = None
+    ) -> list[np.ndarray | None]:
+        """:meth:`read` of each of ``names``, in order (one file opening where that applies)."""
+        return [self.read(name, window) for name in names]
+
     def shape_of(self, name: str) -> tuple[int, ...] | None:
         """Shape of the array ``name`` without reading its pixels, or None if absent."""
         raise NotImplementedError
@@ -82,18 +88,16 @@ class FileSource(PixelSource):
 
     def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
         """See :meth:`PixelSource.read`."""
+        return self.read_all((name,), window)[0]
+
+    def read_all(
+        self, names: Sequence[str], window: Window | None = None
+    ) -> list[np.ndarray | None]:
+        """See :meth:`PixelSource.read_all`."""
         # Raw (unscaled) memory map: only the window's pages are read. JWST stores uint32 DQ
         # as int32 with BZERO = 2**31, which is undone below without a float round trip.
         with fits.open(self.path, memmap=True, do_not_scale_image_data=True) as hdul:
-            if name not in hdul:
-                return None
-            hdu = hdul[name]
-            raw = hdu.data
-            if raw is None:
-                return None
-            if window is not None:
-                raw = raw[slice(*window[0]), slice(*window[1])]
-            return _unscaled(raw, hdu.header, _dtype(name))
+            return [_window_of(hdul, name, window) for name in names]
 
     def shape_of(self, name: str) -> tuple[int, ...] | None:
         """See :meth:`PixelSource.shape_of` (read from the extension's header)."""
@@ -101,6 +105,19 @@ class FileSource(PixelSource):
             return self.shapes.get(name)
         with fits.open(self.path, memmap=True) as hdul:
             return _image_shapes(hdul).get(name)
+
+
+def _window_of(hdul: fits.HDUList, name: str, window: Window | None) -> np.ndarray | None:
+    """The array ``name`` of an open raw file, or its window, in memory; None if absent."""
+    if name not in hdul:
+        return None
+    hdu = hdul[name]
+    raw = hdu.data
+    if raw is None:
+        return None
+    if window is not None:
+        raw = raw[slice(*window[0]), slice(*window[1])]
+    return _unscaled(raw, hdu.header, _dtype(name))
 
 
 def _image_shapes(hdul: fits.HDUList) -> dict[str, tuple[int, ...]]:

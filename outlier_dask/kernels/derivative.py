@@ -51,7 +51,9 @@ def abs_derivative(blot: np.ndarray) -> np.ndarray:
 
     def take_max(target: np.ndarray, difference: np.ndarray, neighbour_finite: np.ndarray) -> None:
         # fmax ignores the NaN differences that come from a NaN target pixel (reset below).
-        np.fmax(target, np.where(neighbour_finite, difference, 0), out=target)
+        # Where the neighbour is not finite the target keeps its value, which is what taking
+        # the max with 0 would give: targets start at +0 and only grow.
+        np.fmax(target, difference, out=target, where=neighbour_finite)
 
     rows = np.abs(np.diff(blot, axis=0))  # |B[i+1, j] - B[i, j]|
     take_max(derivative[1:], rows, finite[:-1])  # neighbour above

@@ -93,3 +93,19 @@ def test_shapes_recorded_with_the_metadata_equal_the_files(cal_file):
     unrecorded = dataclasses.replace(member.source, shapes=None)
     for name in ("SCI", "DQ", "ERR", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "MISSING"):
         assert member.source.shape_of(name) == unrecorded.shape_of(name), name
+
+
+def test_reading_several_arrays_at_once_equals_reading_each(cal_file):
+    source = _read(cal_file).source
+    names = ("SCI", "DQ", "VAR_RNOISE", "MISSING")
+    for window in (None, ((3, 17), (5, 41))):
+        together = source.read_all(names, window)
+        for name, array in zip(names, together, strict=True):
+            alone = source.read(name, window)
+            if alone is None:
+                assert array is None, name
+            else:
+                assert array.dtype == alone.dtype, name
+                np.testing.assert_array_equal(array, alone)
+    assert together[0].shape == (14, 36)
+    assert together[1].dtype == np.uint32
