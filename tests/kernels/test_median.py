@@ -162,3 +162,31 @@ def test_permutation_invariant(stack, data):
 @given(stack=float32_stacks)
 def test_equals_numpy_property(stack):
     assert _bits_equal(nanmedian_stack(stack), _numpy_median(stack))
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_sorting_network_sorts_every_zero_one_input(n):
+    """By the 0-1 principle, a comparator network that sorts every 0/1 input sorts anything."""
+    from outlier_dask.kernels.median import sorting_network
+
+    network = sorting_network(n)
+    assert all(0 <= i < j < n for i, j in network)
+    inputs = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # every 0/1 vector, one per row
+    values = inputs.T.copy()
+    for i, j in network:
+        values[i], values[j] = np.minimum(values[i], values[j]), np.maximum(values[i], values[j])
+    np.testing.assert_array_equal(values.T, np.sort(inputs, axis=1))
+
+
+@pytest.mark.parametrize("n", [16, 33, 64, 128, 129])
+def test_equals_numpy_for_many_frames_and_several_blocks(n):
+    """Stacks larger than one block of pixels, on both sides of NETWORK_MAX_FRAMES."""
+    from outlier_dask.kernels.median import NETWORK_MAX_FRAMES
+
+    assert NETWORK_MAX_FRAMES == 128
+    rng = np.random.default_rng(n)
+    shape = (n, 37, 1111) if n <= 64 else (n, 9, 130)
+    stack = rng.normal(size=shape).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.4] = NAN
+    stack[:, 0, :5] = NAN
+    assert _bits_equal(nanmedian_stack(stack), _numpy_median(stack))
