@@ -25,8 +25,8 @@ __all__ = ["nanmedian_stack"]
 
 # dtypes reduced here natively (others fall back to numpy entirely)
 _NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: Largest stack sorted by a network; a network grows as n log² n, so beyond this many
-#: frames bottleneck's selection is used instead (it was 3x slower at 128 frames).
+#: Largest stack sorted by a network. Networks grow as n log² n comparators; at 128 frames
+#: one was still 3x faster than bottleneck, which is used beyond (where nothing was measured).
 NETWORK_MAX_FRAMES = 128
 #: Values (all frames together) per block of pixels: a block's rows stay in the CPU cache.
 _BLOCK_VALUES = 1 << 17
