@@ -379,12 +379,17 @@ def _unedited_tree(hdul: fits.HDUList) -> dict[str, Any] | None:
     tree with asdf alone gives the same metadata without building the datamodel, its schema
     and its arrays (a fifth of the metadata time). A file whose headers were edited after it
     was written (the hash stored in the tree differs) returns None: the datamodel then reads
-    the edited keywords, as it documents.
+    the edited keywords, as it documents. So does a file this shortcut cannot read: the
+    datamodel then reads it, or names what is wrong with it.
     """
-    with asdf.open(io.BytesIO(hdul["ASDF"].data), lazy_load=True, memmap=False) as asdf_file:
-        tree = dict(asdf_file.tree)
-    stored = tree.get("_fits_hash")
-    return tree if stored is not None and stored == fits_hash(hdul) else None
+    try:
+        with asdf.open(io.BytesIO(hdul["ASDF"].data), lazy_load=True, memmap=False) as asdf_file:
+            tree = dict(asdf_file.tree)
+        stored = tree.get("_fits_hash")
+        unedited = stored is not None and stored == fits_hash(hdul)
+    except Exception:  # noqa: BLE001 - any failure here is left to the datamodel's reader
+        return None
+    return tree if unedited else None
 
 
 def _member_from_file(entry: AssociationMember, index: int) -> Member:
