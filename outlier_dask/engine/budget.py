@@ -139,9 +139,9 @@ def fit_to_budget(
         notes.append(f"tiles of {tile} pixels so a median task fits beside the others")
     plan = dataclasses.replace(plan, tile_shape=(tile, tile))
     in_memory = params.in_memory
-    if in_memory and _estimate(plan, params, True, 1, shared).peak_memory > budget:
+    needed = _estimate(plan, params, True, 1, shared).peak_memory if in_memory else 0
+    if needed > budget:
         in_memory = False
-        needed = _estimate(plan, params, True, 1, shared).peak_memory
         notes.append(
             f"mosaics and median kept on disk (in_memory=False): in memory they need "
             f"~{needed / 2**30:.1f} GiB, above the memory limit of {budget / 2**30:.1f} GiB"

@@ -260,7 +260,7 @@ def _spline_through(
 
 
 def _spline_error_px(
-    splines: tuple[RectBivariateSpline, RectBivariateSpline],
+    spline: TensorSpline,
     wcs_in: gwcs.WCS,
     wcs_out: gwcs.WCS,
     ys: np.ndarray,
@@ -271,7 +271,7 @@ def _spline_error_px(
     xm = np.sort(np.concatenate([xs, (xs[:-1] + xs[1:]) / 2]))
     gy, gx = np.meshgrid(ym, xm, indexing="ij")
     ex, ey = _exact_positions(wcs_in, wcs_out, gx, gy)
-    positions = TensorSpline.from_splines(*splines).positions(ym, xm)
+    positions = spline.positions(ym, xm)
     err = np.hypot(positions[..., 0] - ex, positions[..., 1] - ey)
     return float(np.nanmax(err)) if np.isfinite(err).any() else math.inf
 
@@ -324,9 +324,8 @@ def build_pixel_map(
         splines = _spline_through(wcs_in, wcs_out, ys, xs, 3)
         if splines is None:
             return exact
-        error = _spline_error_px(splines, wcs_in, wcs_out, ys, xs)
+        spline = TensorSpline.from_splines(*splines)
+        error = _spline_error_px(spline, wcs_in, wcs_out, ys, xs)
         if error <= tolerance_px:
-            return PixelMap(
-                shape, valid, "spline", error, spline=TensorSpline.from_splines(*splines)
-            )
+            return PixelMap(shape, valid, "spline", error, spline=spline)
     return exact
