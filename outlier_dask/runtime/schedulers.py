@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
+import dask.local
+import dask.multiprocessing
+import dask.threaded
 import numpy as np
 
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
@@ -102,16 +105,19 @@ def start_runner(
         yield Runner("distributed", n, {"scheduler": client}, client)
         return
     kind = params.scheduler
+    # The local schedulers are given as functions, not names: for a name, dask imports
+    # ``distributed`` to look for a default client (0.08 s before the first task starts).
     if kind == "synchronous":
-        yield Runner(kind, 1, {"scheduler": "synchronous"})
+        yield Runner(kind, 1, {"scheduler": dask.local.get_sync})
     elif kind == "threads":
         with _started_thread_pool(n) as pool:
-            yield Runner(kind, n, {"scheduler": "threads", "pool": pool})
+            yield Runner(kind, n, {"scheduler": dask.threaded.get, "pool": pool})
     elif kind == "processes":
         with _started_process_pool(n) as pool:
             # One task per submission: dask's default batches up to six ready tasks into one
             # worker, which left one of two workers with six of eight drizzle groups.
-            yield Runner(kind, n, {"scheduler": "processes", "pool": pool, "chunksize": 1})
+            options = {"scheduler": dask.multiprocessing.get, "pool": pool, "chunksize": 1}
+            yield Runner(kind, n, options)
     else:
         yield from _distributed_runner(params, n, spill_dir, security)
 
