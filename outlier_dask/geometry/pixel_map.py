@@ -245,35 +245,42 @@ def _coarse_axis(lo: int, hi: int, step: float, minimum: int = 10) -> np.ndarray
     return np.linspace(lo, hi, max(n, 2))
 
 
-def _spline_through(
-    wcs_in: gwcs.WCS, wcs_out: gwcs.WCS, ys: np.ndarray, xs: np.ndarray, order: int
-) -> tuple[RectBivariateSpline, RectBivariateSpline] | None:
+def _grid_positions(
+    wcs_in: gwcs.WCS, wcs_out: gwcs.WCS, ys: np.ndarray, xs: np.ndarray
+) -> np.ndarray:
+    """Exact output (x, y) at every (row, column) of a grid: shape (len(ys), len(xs), 2)."""
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
-    ox, oy = _exact_positions(wcs_in, wcs_out, gx, gy)
-    if not (np.isfinite(ox).all() and np.isfinite(oy).all()):
+    return np.stack(_exact_positions(wcs_in, wcs_out, gx, gy), axis=-1)
+
+
+def _splines_through(
+    ys: np.ndarray, xs: np.ndarray, positions: np.ndarray, order: int
+) -> tuple[RectBivariateSpline, RectBivariateSpline] | None:
+    """Splines of output x and y through exact ``positions`` on a grid (None if any is NaN)."""
+    if not np.isfinite(positions).all():
         return None
     k = min(order, len(xs) - 1, len(ys) - 1)
     return (
-        RectBivariateSpline(ys, xs, ox, kx=k, ky=k),
-        RectBivariateSpline(ys, xs, oy, kx=k, ky=k),
+        RectBivariateSpline(ys, xs, positions[..., 0], kx=k, ky=k),
+        RectBivariateSpline(ys, xs, positions[..., 1], kx=k, ky=k),
     )
 
 
+def _with_midpoints(values: np.ndarray) -> np.ndarray:
+    """``values`` with the midpoint of each consecutive pair between them: shape (2n - 1,)."""
+    out = np.empty(2 * values.size - 1)
+    out[::2] = values
+    out[1::2] = (values[:-1] + values[1:]) / 2
+    return out
+
+
 def _spline_error_px(
-    spline: TensorSpline,
-    wcs_in: gwcs.WCS,
-    wcs_out: gwcs.WCS,
-    ys: np.ndarray,
-    xs: np.ndarray,
+    spline: TensorSpline, ys: np.ndarray, xs: np.ndarray, exact: np.ndarray
 ) -> float:
-    """Largest spline error at the centres of the coarse cells (and edge midpoints)."""
-    ym = np.sort(np.concatenate([ys, (ys[:-1] + ys[1:]) / 2]))
-    xm = np.sort(np.concatenate([xs, (xs[:-1] + xs[1:]) / 2]))
-    gy, gx = np.meshgrid(ym, xm, indexing="ij")
-    ex, ey = _exact_positions(wcs_in, wcs_out, gx, gy)
-    positions = spline.positions(ym, xm)
-    err = np.hypot(positions[..., 0] - ex, positions[..., 1] - ey)
-    return float(np.nanmax(err)) if np.isfinite(err).any() else math.inf
+    """Largest distance between the spline and ``exact`` positions at rows ``ys``, columns
+    ``xs`` (NaN positions ignored; inf if none is finite)."""
+    error = np.hypot(*np.moveaxis(spline.positions(ys, xs) - exact, -1, 0))
+    return float(np.nanmax(error)) if np.isfinite(error).any() else math.inf
 
 
 def build_pixel_map(
@@ -313,7 +320,7 @@ def build_pixel_map(
         return exact
     if stepsize > 1:
         xs, ys = _coarse_axis(xmin, xmax, stepsize), _coarse_axis(ymin, ymax, stepsize)
-        splines = _spline_through(wcs_in, wcs_out, ys, xs, order)
+        splines = _splines_through(ys, xs, _grid_positions(wcs_in, wcs_out, ys, xs), order)
         if splines is None:
             return exact
         return PixelMap(shape, valid, "sparse", math.nan, None, None, None, *splines)
@@ -321,11 +328,15 @@ def build_pixel_map(
         return exact
     for step in COARSE_STEPS_PX:
         xs, ys = _coarse_axis(xmin, xmax, step, 4), _coarse_axis(ymin, ymax, step, 4)
-        splines = _spline_through(wcs_in, wcs_out, ys, xs, 3)
+        # The error is measured at the coarse nodes and the centres of the cells and edges
+        # between them; one WCS evaluation gives both (the nodes are every other sample).
+        check_ys, check_xs = _with_midpoints(ys), _with_midpoints(xs)
+        exact_positions = _grid_positions(wcs_in, wcs_out, check_ys, check_xs)
+        splines = _splines_through(ys, xs, exact_positions[::2, ::2], 3)
         if splines is None:
             return exact
         spline = TensorSpline.from_splines(*splines)
-        error = _spline_error_px(spline, wcs_in, wcs_out, ys, xs)
+        error = _spline_error_px(spline, check_ys, check_xs, exact_positions)
         if error <= tolerance_px:
             return PixelMap(shape, valid, "spline", error, spline=spline)
     return exact
