@@ -109,16 +109,23 @@ def _drizzle_inputs(
 
     Positions are counted from ``origin`` ``(y0, x0)``, the region's first pixel."""
     for info in infos:
-        sci = info.source.read("SCI")
-        if info.background_level is not None:
-            sci -= np.float32(info.background_level)
-        ny, nx = info.shape
-        yield DrizzleInput(
-            data=sci,
-            weight=_weights(info, params),
-            pixmap=info.pixel_map.evaluate((0, ny), (0, nx), origin),
-            exposure_time=info.exposure_time,
-        )
+        yield _drizzle_input(info, params, origin)
+
+
+def _drizzle_input(
+    info: MemberTaskInfo, params: OutlierParameters, origin: tuple[int, int]
+) -> DrizzleInput:
+    """One member's arrays and pixel map (a function, so no generator frame keeps them)."""
+    sci = info.source.read("SCI")
+    if info.background_level is not None:
+        sci -= np.float32(info.background_level)
+    ny, nx = info.shape
+    return DrizzleInput(
+        data=sci,
+        weight=_weights(info, params),
+        pixmap=info.pixel_map.evaluate((0, ny), (0, nx), origin),
+        exposure_time=info.exposure_time,
+    )
 
 
 def build_group_mosaic(

@@ -78,7 +78,10 @@ def drizzle_onto_region(
     """
     driz = Drizzle(kernel=kernel, fillval=fillval, out_shape=region_shape, disable_ctx=True)
     added = 0
-    for item in inputs:
+    remaining = iter(inputs)
+    # Each input is dropped before the next is loaded (a loop variable would keep it alive
+    # while the iterator builds the next one): one input's pixel map and arrays at a time.
+    while (item := next(remaining, None)) is not None:
         driz.add_image(
             item.data,
             exptime=item.exposure_time,
@@ -88,6 +91,7 @@ def drizzle_onto_region(
             in_units="cps",
         )
         added += 1
+        del item
     if not added:
         return (
             np.full(region_shape, fill_value_number(fillval), dtype=np.float32),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 from drizzle.resample import Drizzle, blot_image
@@ -93,6 +95,24 @@ def test_region_drizzle_equals_whole_grid(kernel, pixfrac):
     assert y1 < grid[0]
     assert np.isnan(whole.out_img[:y0]).all()
     assert np.isnan(whole.out_img[y1:]).all()
+
+
+def test_region_drizzle_holds_one_input_at_a_time():
+    """Each input is released before the next one is loaded (bounding a group task's memory)."""
+    rng = np.random.default_rng(3)
+    alive = []
+
+    def load(k: int) -> DrizzleInput:
+        assert [ref() for ref in alive] == [None] * k, f"an input before #{k} is still held"
+        data = rng.normal(size=(NY, NX)).astype(np.float32)
+        item = DrizzleInput(data, np.ones_like(data), _pixmap(offset=(3.0 + k, 4.0)), 1.0)
+        alive.append(weakref.ref(item.pixmap))
+        return item
+
+    out, wht = drizzle_onto_region((load(k) for k in range(3)), (NY + 12, NX + 12))
+    assert len(alive) == 3
+    assert np.isfinite(out).any()
+    assert wht.max() > 0
 
 
 def test_empty_region_is_fill_and_zero_weight():
