@@ -24,10 +24,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
-import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
@@ -55,6 +54,9 @@ from outlier_dask.parameters import OutlierParameters
 from outlier_dask.runtime.schedulers import Runner
 
 __all__ = ["EngineResult", "run_plan", "shared_array_specs"]
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ def _stack_from_group_tiles(plan: Plan, groups: list[GroupTiles]) -> da.Array:
     """
     ny, nx = plan.grid_shape
     rows, cols = tile_ranges(ny, plan.tile_shape[0]), tile_ranges(nx, plan.tile_shape[1])
+    import dask.array as da  # the shared-memory runs of local schedulers do without it
+
     name = "masked-stack-" + tokenize(plan.product_name, len(groups), plan.grid_shape)
     graph = {}
     for g, group in enumerate(groups):
@@ -135,6 +139,8 @@ def _stack_from_group_tiles(plan: Plan, groups: list[GroupTiles]) -> da.Array:
 
 def _stack_from_store(plan: Plan, store: ScratchStore, outside: tuple) -> da.Array:
     """The masked stack stored out of core, as a dask array of (groups, ty, tx) blocks."""
+    import dask.array as da
+
     data = da.from_zarr(store.array("data"), chunks=(plan.n_groups, *plan.tile_shape))
     return da.map_blocks(_store_block, data, outside=outside, dtype=np.float32)
 
@@ -417,6 +423,8 @@ def _median_stage(
     if params.in_memory:
         (median,) = runner.compute(median_lazy, stage="median")
         return median, None
+    import dask.array as da
+
     # Median blocks coincide with the Zarr chunks, so blocks are written without a lock.
     target = store.array("median", "r+")
     runner.compute(da.store(median_lazy, target, lock=False, compute=False), stage="median")
