@@ -116,10 +116,10 @@ def _stack_from_group_tiles(plan: Plan, groups: list[GroupTiles]) -> da.Array:
     Tiles a group touches arrive as arrays from its task; the others are made where they are
     needed, filled with the value the reference's full-grid mosaic has there.
     """
-    ny, nx = plan.grid_shape
-    rows, cols = tile_ranges(ny, plan.tile_shape[0]), tile_ranges(nx, plan.tile_shape[1])
     import dask.array as da  # the shared-memory runs of local schedulers do without it
 
+    ny, nx = plan.grid_shape
+    rows, cols = tile_ranges(ny, plan.tile_shape[0]), tile_ranges(nx, plan.tile_shape[1])
     name = "masked-stack-" + tokenize(plan.product_name, len(groups), plan.grid_shape)
     graph = {}
     for g, group in enumerate(groups):

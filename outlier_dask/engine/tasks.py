@@ -7,7 +7,7 @@ They are top-level functions of plain, picklable arguments, so process workers a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,20 +102,11 @@ def _weights(info: MemberTaskInfo, params: OutlierParameters, window: Window | N
     )
 
 
-def _drizzle_inputs(
-    infos: list[MemberTaskInfo], params: OutlierParameters, origin: tuple[int, int]
-) -> Iterator[DrizzleInput]:
-    """Members read one at a time, so a group task holds one input's arrays at once.
-
-    Positions are counted from ``origin`` ``(y0, x0)``, the region's first pixel."""
-    for info in infos:
-        yield _drizzle_input(info, params, origin)
-
-
 def _drizzle_input(
     info: MemberTaskInfo, params: OutlierParameters, origin: tuple[int, int]
 ) -> DrizzleInput:
-    """One member's arrays and pixel map (a function, so no generator frame keeps them)."""
+    """One member's arrays and its pixel map counted from ``origin`` ``(y0, x0)``, the
+    region's first pixel."""
     sci = info.source.read("SCI")
     if info.background_level is not None:
         sci -= np.float32(info.background_level)
@@ -143,7 +134,8 @@ def build_group_mosaic(
         weight = _weights(info, params)
     else:
         data, weight = drizzle_onto_region(
-            _drizzle_inputs(infos, params, (y0, x0)),
+            # Members loaded one at a time: a group task holds one input's arrays at once.
+            (_drizzle_input(info, params, (y0, x0)) for info in infos),
             (y1 - y0, x1 - x0),
             kernel=params.kernel,
             pixfrac=params.pixfrac,

@@ -195,7 +195,7 @@ class PixelMap:
         inside = (r0, r1, c0, c1) == (*rows, *cols)
         if self.method == "spline" and inside and r0 < r1 and c0 < c1:
             # The usual case (every pixel valid): the spline's own array is the result.
-            return self._spline_positions(yy, xx, x0, y0)
+            return self.spline.positions(yy, xx, (x0, y0))
         # Filling 64 MB of a whole frame with NaN costs a sixth of an evaluation: skip it
         # when every pixel of the window is valid.
         shape = (rows[1] - rows[0], cols[1] - cols[0], 2)
@@ -204,7 +204,7 @@ class PixelMap:
             return out
         target = out[r0 - rows[0] : r1 - rows[0], c0 - cols[0] : c1 - cols[0]]
         if self.method == "spline":
-            target[...] = self._spline_positions(yy, xx, x0, y0)
+            target[...] = self.spline.positions(yy, xx, (x0, y0))
         elif self.method == "sparse":
             np.subtract(self.spline_x(yy, xx), x0, out=target[..., 0])
             np.subtract(self.spline_y(yy, xx), y0, out=target[..., 1])
@@ -214,10 +214,6 @@ class PixelMap:
             np.subtract(ox, x0, out=target[..., 0])
             np.subtract(oy, y0, out=target[..., 1])
         return out
-
-    def _spline_positions(self, yy: np.ndarray, xx: np.ndarray, x0: float, y0: float) -> np.ndarray:
-        """Checked-spline positions at rows ``yy`` and columns ``xx``, less ``(x0, y0)``."""
-        return self.spline.positions(yy, xx, (x0, y0))
 
     def border_bounds(
         self, rows: tuple[int, int], cols: tuple[int, int]
