@@ -14,7 +14,7 @@ All functions are pure numpy: arrays and scalars in, arrays out.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -38,6 +38,12 @@ WEIGHT_TYPES: tuple[str, ...] = ("ivm", "exptime")
 # Sigma clipping of the weights (§1.5): astropy ``sigma_clip`` with these settings.
 _CLIP_SIGMA = 3.0
 _CLIP_MAXITERS = 5
+
+#: Values per piece in the passes over the weights (256 KiB of float32): a piece and the
+#: temporaries made from it stay in the CPU cache through the several operations on them,
+#: where whole-array operations would each go through memory (the threshold of 8.4e6
+#: weights took 0.100 s, now 0.086 s, on the benchmark machine).
+_PIECE = 1 << 16
 
 
 def var_rnoise_usable(var_rnoise_shape: Sequence[int] | None, data_shape: Sequence[int]) -> bool:
@@ -131,21 +137,34 @@ def drizzle_weight_map(
     return weights.astype(np.float32, copy=False)
 
 
-def valid_weight_values(weights: np.ndarray) -> np.ndarray:
+def valid_weight_values(weights: np.ndarray, piece: int = _PIECE) -> np.ndarray:
     """The weights that enter the ``maskpt`` statistic: finite and non-zero (§1.5).
 
     Parameters
     ----------
     weights : ndarray, any shape, float
         Weights of a mosaic (drizzled ``wht``) or of an input weight map, or of a block of it.
+    piece : int
+        Values tested at a time.
 
     Returns
     -------
     ndarray, shape (m,), dtype of ``weights``
         The finite, non-zero values in C (row-major) order.
     """
-    weights = np.asarray(weights)
-    return weights[np.isfinite(weights) & (weights != 0)]
+    flat = np.asarray(weights).reshape(-1)
+    valid = np.empty(flat.size, dtype=flat.dtype)
+    usable = np.empty(min(piece, flat.size), dtype=bool)
+    nonzero = np.empty_like(usable)
+    count = 0
+    for start in range(0, flat.size, piece):
+        part = flat[start : start + piece]
+        mask = np.isfinite(part, out=usable[: part.size])
+        np.logical_and(mask, np.not_equal(part, 0, out=nonzero[: part.size]), out=mask)
+        selected = part[mask]
+        valid[count : count + selected.size] = selected
+        count += selected.size
+    return valid[:count]
 
 
 class _SortedRanks:
@@ -201,51 +220,119 @@ def _median_of_rank_range(ranks: _SortedRanks, first: int, size: int) -> np.floa
     return np.mean(np.array([low, high], dtype=np.float32))
 
 
-def _nanstd_of_finite(values: np.ndarray) -> np.float32:
+def _pairwise_sum_by_pieces(
+    values: np.ndarray, piece_sum: Callable[[np.ndarray], np.float32], piece: int
+) -> np.float32:
+    """``np.sum(f(values))`` for float32 ``f`` elementwise, bit for bit, ``f`` taken by pieces.
+
+    numpy sums a float32 array pairwise: an array of more than 128 values is split after its
+    first ``n // 2`` values rounded down to a multiple of 8, each part summed the same way, and
+    the two sums added in float32; that split depends only on the part's length, so the sum of
+    any part the recursion reaches is ``np.sum`` of that part alone. This recursion follows
+    numpy's down to parts of at most ``piece`` values, and sums each with
+    ``piece_sum(part) = np.sum(f(part))``. (``piece`` must be a multiple of 8 above 128.)
+    """
+    if values.size <= piece:
+        return piece_sum(values)
+    # A module-level recursion: a nested function calling itself would be a reference cycle
+    # holding ``values`` until the garbage collector runs.
+    half = values.size // 2
+    half -= half % 8
+    return _pairwise_sum_by_pieces(values[:half], piece_sum, piece) + _pairwise_sum_by_pieces(
+        values[half:], piece_sum, piece
+    )
+
+
+def _nanstd_of_finite(values: np.ndarray, piece: int = _PIECE) -> np.float32:
     """``np.nanstd`` of finite float32 values, bit for bit, without its NaN bookkeeping.
 
     ``np.nanstd`` builds a NaN mask, copies the values, counts the non-NaN ones and masks
     twice more, which is most of its cost on millions of finite weights. The arithmetic kept
     here is its own: the float32 pairwise sum divided by the count in float64 and rounded to
-    float32, deviations squared in float32, their float32 sum divided in float64, and a
-    float32 square root. ``tests/kernels/test_weights.py`` checks equality with numpy.
+    float32, deviations squared in float32, their float32 pairwise sum (taken by pieces,
+    :func:`_pairwise_sum_by_pieces`) divided in float64, and a float32 square root.
+    ``tests/kernels/test_weights.py`` checks equality with numpy.
 
     Parameters
     ----------
     values : ndarray, shape (m,), float32, all finite, m >= 1
+    piece : int
+        Values per piece of the deviations' pass.
     """
     n = np.intp(values.size)
     mean = np.divide(np.sum(values, keepdims=True), n, casting="unsafe", dtype=np.float64)
-    deviations = np.subtract(values, mean.astype(np.float32))
-    np.multiply(deviations, deviations, out=deviations)
-    variance = np.sum(deviations)
+    centre = mean.astype(np.float32)
+    scratch = np.empty(min(piece, values.size), dtype=np.float32)
+
+    def squared_deviations_sum(part: np.ndarray) -> np.float32:
+        deviations = np.subtract(part, centre, out=scratch[: part.size])
+        np.multiply(deviations, deviations, out=deviations)
+        return np.sum(deviations)
+
+    variance = _pairwise_sum_by_pieces(values, squared_deviations_sum, piece)
     return np.float32(np.sqrt(np.float32(variance / n)))
 
 
-def _sigma_clipped_float32(values: np.ndarray) -> np.ndarray:
+def _keep_between(
+    values: np.ndarray, low: np.float32, high: np.float32, out: np.ndarray, piece: int
+) -> tuple[int, int]:
+    """Copy the values within ``[low, high]``, in order, to the start of ``out``.
+
+    ``out`` may be ``values`` itself (each piece is selected before it is written, never
+    past its own start). Returns how many values were kept and how many were below ``low``.
+    """
+    keep = np.empty(min(piece, values.size), dtype=bool)
+    not_above = np.empty_like(keep)
+    kept = below = 0
+    for start in range(0, values.size, piece):
+        part = values[start : start + piece]
+        mask = np.greater_equal(part, low, out=keep[: part.size])
+        below += part.size - int(np.count_nonzero(mask))
+        np.logical_and(mask, np.less_equal(part, high, out=not_above[: part.size]), out=mask)
+        selected = part[mask]
+        out[kept : kept + selected.size] = selected
+        kept += selected.size
+    return kept, below
+
+
+def _sigma_clipped_float32(
+    values: np.ndarray, piece: int = _PIECE, *, overwrite: bool = False
+) -> np.ndarray:
     """The values astropy ``sigma_clip(sigma=3, maxiters=5)`` keeps, for finite float32 input.
 
     The same iteration as astropy's (median centre, ``np.nanstd`` spread, bounds in float32,
     inclusive), with a faster exact median: the kept values are always those of the input
     between two bounds, a run of consecutive ranks in its sorted order, so each iteration's
-    median is a rank of the input (:class:`_SortedRanks`). ``tests/kernels/test_weights.py``
-    checks equality with astropy.
+    median is a rank of the input (:class:`_SortedRanks`). The spread and the selection go
+    through the values by pieces of ``piece``. ``tests/kernels/test_weights.py`` checks
+    equality with astropy.
+
+    With ``overwrite`` the kept values are compacted in ``values`` itself, which saves an
+    array as large as it (in a worker, whose heap is not returned to the system, a large
+    array less per group also means a smaller heap).
+
+    Returns
+    -------
+    ndarray, shape (k,), float32
+        The kept values in input order: the start of ``values`` with ``overwrite``, else of a
+        new array (``values`` is then not modified).
     """
     ranks = _SortedRanks(values)
     first = 0  # sorted rank, in ``values``, of the smallest value kept
     kept = values
+    survivors = values if overwrite else np.empty_like(values)  # kept values, at its start
     for _ in range(_CLIP_MAXITERS):
         size = kept.size
         if size == 0:
             break
         centre = _median_of_rank_range(ranks, first, size)
-        spread = _nanstd_of_finite(kept)
+        spread = _nanstd_of_finite(kept, piece)
         low = centre - spread * _CLIP_SIGMA
         high = centre + spread * _CLIP_SIGMA
-        above_low = kept >= low
-        first += size - int(np.count_nonzero(above_low))
-        kept = kept[above_low & (kept <= high)]
-        if kept.size == size:
+        count, below = _keep_between(kept, low, high, survivors, piece)
+        first += below
+        kept = survivors[:count]
+        if count == size:
             break
     return kept
 
@@ -277,11 +364,16 @@ def weight_threshold_from_values(values: np.ndarray, maskpt: float) -> float:
     the C order of the whole array (e.g. full-width row bands, top to bottom) reproduces the
     whole-array result bit for bit; any other order may differ by that rounding.
     """
-    values = np.asarray(values).ravel()
+    return _threshold_of_values(np.asarray(values).ravel(), maskpt, finite=False, scratch=False)
+
+
+def _threshold_of_values(values: np.ndarray, maskpt: float, *, finite: bool, scratch: bool):
+    """:func:`weight_threshold_from_values` of a 1-D array; ``finite``: known to hold no NaN
+    or inf; ``scratch``: the array may be overwritten."""
     if values.size == 0:
         return float("nan")
-    if values.dtype == np.float32 and np.isfinite(values).all():
-        kept = _sigma_clipped_float32(values)
+    if values.dtype == np.float32 and (finite or np.isfinite(values).all()):
+        kept = _sigma_clipped_float32(values, overwrite=scratch)
     else:
         kept = sigma_clip(
             values, sigma=_CLIP_SIGMA, maxiters=_CLIP_MAXITERS, masked=False, copy=True
@@ -306,7 +398,8 @@ def weight_threshold(weights: np.ndarray, maskpt: float) -> float:
     float
         The threshold, in units of the weights; NaN if no weight is finite and non-zero.
     """
-    return weight_threshold_from_values(valid_weight_values(weights), maskpt)
+    # The valid values are finite, and a new array the clipping may overwrite.
+    return _threshold_of_values(valid_weight_values(weights), maskpt, finite=True, scratch=True)
 
 
 def mask_low_weight(

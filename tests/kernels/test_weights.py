@@ -141,6 +141,17 @@ def test_valid_weight_values_excludes_zero_nan_inf():
     np.testing.assert_array_equal(valid_weight_values(weights), np.array([2, 3], np.float32))
 
 
+@pytest.mark.parametrize("piece", [1, 7, 64, 1 << 16])
+def test_valid_weight_values_in_order_whatever_the_piece(piece):
+    rng = np.random.default_rng(piece)
+    weights = rng.gamma(2, 1.0, (37, 53)).astype(np.float32)
+    weights[rng.random(weights.shape) < 0.2] = 0
+    weights[rng.random(weights.shape) < 0.1] = NAN
+    weights[rng.random(weights.shape) < 0.05] = -INF
+    expected = weights[np.isfinite(weights) & (weights != 0)]
+    np.testing.assert_array_equal(valid_weight_values(weights, piece), expected)
+
+
 def test_weight_threshold_clips_iteratively():
     # First iteration clips 1000, the second clips 60; mean of 1..10 is 5.5.
     values = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 60, 1000]
@@ -221,10 +232,12 @@ def test_mask_low_weight_shape_mismatch():
         mask_low_weight(np.zeros((1, 2)), np.zeros((2, 1)), 1.0)
 
 
+@pytest.mark.parametrize("piece", [136, 1 << 16])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("size", [1, 2, 3, 10, 1001, 20_000])
-def test_fast_float32_clipping_equals_astropy(seed, size):
-    """The float32 fast path keeps exactly the values astropy's sigma_clip keeps."""
+def test_fast_float32_clipping_equals_astropy(seed, size, piece):
+    """The float32 fast path keeps exactly the values astropy's sigma_clip keeps, whether its
+    passes take the values in one piece or in many."""
     from astropy.stats import sigma_clip
 
     from outlier_dask.kernels.weights import _sigma_clipped_float32
@@ -238,13 +251,17 @@ def test_fast_float32_clipping_equals_astropy(seed, size):
         4: rng.lognormal(0, 2, size),
         5: rng.uniform(0, 1, size),
     }[seed].astype(np.float32)
+    before = values.copy()
     expected = sigma_clip(values, sigma=3, maxiters=5, masked=False, copy=True)
-    np.testing.assert_array_equal(_sigma_clipped_float32(values), expected)
+    np.testing.assert_array_equal(_sigma_clipped_float32(values, piece), expected)
+    np.testing.assert_array_equal(values, before)
 
 
+@pytest.mark.parametrize("piece", [136, 1024, 1 << 16])
 @pytest.mark.parametrize("size", [1, 2, 7, 8, 9, 127, 128, 129, 4097, 100_003])
-def test_std_of_finite_values_equals_numpy_nanstd(size):
-    """The clipping's spread is numpy's nanstd bit for bit, over pairwise-summation sizes."""
+def test_std_of_finite_values_equals_numpy_nanstd(size, piece):
+    """The clipping's spread is numpy's nanstd bit for bit, over pairwise-summation sizes and
+    however many pieces its pass takes."""
     from outlier_dask.kernels.weights import _nanstd_of_finite
 
     for seed in range(8):
@@ -252,9 +269,20 @@ def test_std_of_finite_values_equals_numpy_nanstd(size):
         scale = (1e-3, 1.0, 1e3, 1e6)[seed % 4]
         values = (rng.gamma(2, 1e3, size) * scale).astype(np.float32)
         expected = np.nanstd(values)
-        got = _nanstd_of_finite(values)
+        got = _nanstd_of_finite(values, piece)
         assert type(got) is type(expected)
         assert got == expected, (seed, got, expected)
+
+
+@pytest.mark.parametrize("size", [129, 136, 1000, 65_537, 1_000_003])
+def test_sum_by_pieces_equals_numpy_sum(size):
+    """Following numpy's pairwise recursion down to pieces gives np.sum bit for bit."""
+    from outlier_dask.kernels.weights import _pairwise_sum_by_pieces
+
+    rng = np.random.default_rng(size)
+    values = (rng.standard_normal(size) * 1e4 + 3e5).astype(np.float32)
+    for piece in (136, 4096, 1 << 16):
+        assert _pairwise_sum_by_pieces(values, np.sum, piece) == np.sum(values), piece
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -271,3 +299,21 @@ def test_sorted_ranks_equal_a_full_sort(seed):
         assert ranks.value_below(int(rank)) == ordered[rank - 1]
     assert ranks.value(0) == ordered[0]
     assert ranks.value(values.size - 1) == ordered[-1]
+
+
+def test_threshold_leaves_no_garbage_cycles():
+    """The clipping's arrays are freed when it returns, not when the collector next runs (a
+    worker's heap keeps its high-water mark: arrays held by a reference cycle grew it)."""
+    import gc
+
+    rng = np.random.default_rng(3)
+    weights = rng.gamma(5, 1e3, (300, 700)).astype(np.float32)
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        weight_threshold(weights, 0.7)
+        assert gc.collect() == 0
+    finally:
+        if enabled:
+            gc.enable()
