@@ -51,6 +51,7 @@ from outlier_dask.parameters import OutlierParameters
 from outlier_dask.plot import plot_path, write_plot
 from outlier_dask.progress import make_progress
 from outlier_dask.report import build_report, input_entry, report_path, write_report
+from outlier_dask.runtime.collector import existing_objects_set_aside
 from outlier_dask.runtime.schedulers import (
     LOCAL_SCHEDULERS,
     client_ssl_context,
@@ -191,13 +192,20 @@ _run_cleanup: ContextVar[contextlib.ExitStack] = ContextVar("_run_cleanup")
 def _guarded_run(function: Callable[..., OutlierResult]) -> Callable[..., OutlierResult]:
     """Run ``detect_outliers`` with SIGTERM acting as Ctrl-C and clean-up on any failure.
 
+    The objects that exist before the call are left out of garbage collection during it
+    (:mod:`outlier_dask.runtime.collector`).
+
     The checks made once the products are known register their clean-up (remove this run's
     partial products, explain a full disk) in :data:`_run_cleanup`.
     """
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> OutlierResult:
-        with interrupted_by_signals(), contextlib.ExitStack() as cleanup:
+        with (
+            interrupted_by_signals(),
+            existing_objects_set_aside(),
+            contextlib.ExitStack() as cleanup,
+        ):
             token = _run_cleanup.set(cleanup)
             try:
                 return function(*args, **kwargs)

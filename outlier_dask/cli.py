@@ -8,22 +8,31 @@ form taking ``--name value`` or ``--name=value``; booleans also take the ``strun
 Exit statuses: 0 success (or the step skipped, as the pipeline does with one input), 1 failure,
 2 usage error (bad option or parameter value). Errors are one line on stderr naming the file,
 input or parameter; ``--debug`` adds the traceback.
+
+The installed command (and ``python -m outlier_dask``) calls :func:`command`, which sets up
+the process it owns (:mod:`outlier_dask.runtime.process`) and then runs :func:`main`. This
+module imports no numpy itself, so that the set-up comes first.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import tempfile
 import traceback
-from dataclasses import MISSING, fields
+from collections.abc import Sequence
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from outlier_dask.parameters import OutlierParameters, ParameterError
+from outlier_dask.runtime.process import command_process, imports_set_aside
 
-__all__ = ["PARAMETER_HELP", "main", "parameter_default_text"]
+if TYPE_CHECKING:
+    from outlier_dask.parameters import OutlierParameters
+
+__all__ = ["PARAMETER_HELP", "command", "main", "parameter_default_text"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -77,15 +86,20 @@ _NONE_DEFAULTS = {
     "memory_limit": "half of this machine's memory",
 }
 
-_BOOL_FIELDS = {f.name for f in fields(OutlierParameters) if f.type == "bool"}
 _STAGE_NAMES = {"blot_flag": "blot+flag"}
 
 log = logging.getLogger("outlier_dask")
 
 
+def _parameter_fields() -> tuple[Field, ...]:
+    from outlier_dask.parameters import OutlierParameters
+
+    return fields(OutlierParameters)
+
+
 def parameter_default_text(name: str) -> str:
     """The default of a parameter as the command line and the docs show it."""
-    field_ = next(f for f in fields(OutlierParameters) if f.name == name)
+    field_ = next(f for f in _parameter_fields() if f.name == name)
     default = None if field_.default is MISSING else field_.default
     return _NONE_DEFAULTS.get(name, "not set") if default is None else str(default)
 
@@ -96,7 +110,7 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
         "the reference step's parameters (same names, defaults and string forms), then this "
         "project's execution parameters",
     )
-    for f in fields(OutlierParameters):
+    for f in _parameter_fields():
         if not f.init:
             continue
         option = "--" + f.name.replace("_", "-")
@@ -104,7 +118,7 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
         help_text = f"{meaning} (default: {parameter_default_text(f.name)})"
         # ``%`` would be read as a format by argparse.
         help_text = help_text.replace("%", "%%")
-        if f.name in _BOOL_FIELDS:
+        if f.type == "bool":
             group.add_argument(
                 option,
                 dest=f.name,
@@ -218,7 +232,7 @@ def _parameters(args: argparse.Namespace) -> OutlierParameters:
 
     given = {
         f.name: getattr(args, f.name)
-        for f in fields(OutlierParameters)
+        for f in _parameter_fields()
         if f.init and getattr(args, f.name, None) is not None
     }
     return parameters_with_file(getattr(args, "config", None), given)
@@ -388,8 +402,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``outlier-dask`` command; returns the exit status."""
+def command(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the installed ``outlier-dask`` command; returns the exit status.
+
+    :func:`main` in a process set up for the run (:mod:`outlier_dask.runtime.process`): the
+    run's modules are imported first, then set aside from garbage collection. Call
+    :func:`main` instead from a process that goes on afterwards.
+    """
+    with command_process():
+        with imports_set_aside():
+            importlib.import_module("outlier_dask.api")
+        return main(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``outlier-dask`` command in the calling process; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
@@ -411,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _status_and_message(exc: Exception) -> tuple[int, str]:
     """Exit status and one-line message of a failure."""
+    from outlier_dask.parameters import ParameterError
+
     if isinstance(exc, ParameterError):
         return EXIT_USAGE, _one_line(exc)
     if isinstance(exc, ValueError | OSError):
@@ -420,4 +449,4 @@ def _status_and_message(exc: Exception) -> tuple[int, str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())
