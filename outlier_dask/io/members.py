@@ -21,6 +21,7 @@ from astropy.io import fits
 from stdatamodels.fits_support import fits_hash
 from stdatamodels.jwst import datamodels
 
+from outlier_dask.io.asdf_extensions import load_asdf_extensions
 from outlier_dask.io.association import (
     AssociationError,
     AssociationMember,
@@ -366,7 +367,8 @@ def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
     """
     # asdf's schema validation of each whole tree on read is a fifth of the metadata time,
     # and stdatamodels only warns on what it finds; the fields this step uses are checked in
-    # _member_from_model. One context for all files: each new one rebuilds asdf's extensions.
+    # _member_from_model. The context copies asdf's extensions, loaded beforehand.
+    load_asdf_extensions()
     with asdf.config_context() as config:
         config.validate_on_read = False
         return [_member_from_file(entry, index) for index, entry in enumerate(entries)]
