@@ -786,7 +786,7 @@ def overhead_lines(results: list[Measurement]) -> list[str]:
         if len(m.repeat_walls) > 1:
             repeats = "; walls of all repeats " + ", ".join(f"{w:.1f}" for w in m.repeat_walls)
         lines.append(
-            f"- {m.label}: call {m.call_s:.1f} s, import {m.import_s:.1f} s, "
+            f"- {m.label}: call {m.call_s:.1f} s, imports and set-up {m.import_s:.1f} s, "
             f"interpreter start/exit {m.wall_s - m.call_s - m.import_s:.1f} s; "
             f"peak PSS {m.peak_pss_bytes / GIB:.2f} GiB, {m.peak_processes} process(es) at "
             f"peak RSS; {differing} pixels differ "
@@ -861,7 +861,8 @@ def report_markdown(context: dict[str, Any], results: list[Measurement]) -> str:
         results_table(results),
         "",
         *contention_warning(results),
-        "Each run is a fresh Python process started by the script; wall time is from its start "
+        "Each run is a fresh Python process started by the script: jwst's step called from "
+        "Python, outlier_dask's `outlier-dask run` command; wall time is from its start "
         "to its exit (imports included). CPU s is user + system time of the process and all its "
         f"descendants: {cpu_method}. Peak RSS is the largest sum of RSS over the process tree "
         f"in samples taken every {interval:g} s (pages shared between forked workers are "
@@ -884,7 +885,8 @@ def report_markdown(context: dict[str, Any], results: list[Measurement]) -> str:
     stages, overlap = stage_table(results)
     if stages:
         parts += [
-            "Per-stage wall time of the outlier_dask runs (`OutlierResult.timings`):",
+            "Per-stage wall time of the outlier_dask runs (`timings` in the command's run "
+            "report, as in `OutlierResult.timings`):",
             "",
             stages,
             "",
