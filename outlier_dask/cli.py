@@ -92,6 +92,7 @@ log = logging.getLogger("outlier_dask")
 
 
 def _parameter_fields() -> tuple[Field, ...]:
+    # Imported on use: the parameters module loads numpy (see the module docstring).
     from outlier_dask.parameters import OutlierParameters
 
     return fields(OutlierParameters)

@@ -1,17 +1,13 @@
-"""Python's cyclic garbage collector during a run and during the package's imports.
+"""Python's cyclic garbage collector during a :func:`~outlier_dask.detect_outliers` call.
 
 A run's main process holds the objects of every library it imported (numpy, astropy, asdf,
 gwcs, dask: about 600 000 objects tracked by the collector) and then builds many small ones
 (each member's ASDF tree and WCS). CPython's full collection walks every tracked object, so
 each one took 0.02 to 0.07 s on this project's 2-core benchmark machine, four times per run, in
-the part of the run that uses one core: none of those objects was garbage. Two measures:
-
-- during :func:`~outlier_dask.detect_outliers`, objects that existed before the call are set
-  aside (:func:`gc.freeze`): collections still run, over the call's own objects only;
-- while the package imports its dependencies, no collection runs: imports make long-lived
-  objects (modules, classes, functions), so a collection then finds nothing to free.
-
-Both restore the collector's state as they found it.
+the part of the run that uses one core: none of those objects was garbage. During a call, the
+objects that existed before it are therefore set aside (:func:`gc.freeze`): collections still
+run, over the call's own objects only, and the caller's objects are handed back at the end.
+(The command, which owns its process, goes further: :mod:`outlier_dask.runtime.process`.)
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-__all__ = ["existing_objects_set_aside", "no_collection"]
+__all__ = ["existing_objects_set_aside"]
 
 
 @contextlib.contextmanager
@@ -40,15 +36,3 @@ def existing_objects_set_aside() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-@contextlib.contextmanager
-def no_collection() -> Iterator[None]:
-    """Within the block, automatic collections do not run (``gc.disable``); restored after."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
