@@ -281,7 +281,7 @@ def test_sum_by_pieces_equals_numpy_sum(size):
 
     rng = np.random.default_rng(size)
     values = (rng.standard_normal(size) * 1e4 + 3e5).astype(np.float32)
-    for piece in (136, 4096, 1 << 16):
+    for piece in (128, 136, 4096, 1 << 16):
         assert _pairwise_sum_by_pieces(values, np.sum, piece) == np.sum(values), piece
 
 
