@@ -368,7 +368,9 @@ def weight_threshold_from_values(values: np.ndarray, maskpt: float) -> float:
     return _threshold_of_values(np.asarray(values).ravel(), maskpt, finite=False, scratch=False)
 
 
-def _threshold_of_values(values: np.ndarray, maskpt: float, *, finite: bool, scratch: bool):
+def _threshold_of_values(
+    values: np.ndarray, maskpt: float, *, finite: bool, scratch: bool
+) -> float:
     """:func:`weight_threshold_from_values` of a 1-D array; ``finite``: known to hold no NaN
     or inf; ``scratch``: the array may be overwritten."""
     if values.size == 0:
