@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 from stdatamodels.jwst import datamodels
 
-from outlier_dask.engine.budget import fit_to_budget
-from outlier_dask.engine.estimate import estimate_resources
-from outlier_dask.engine.plan import Plan, make_plan
-from outlier_dask.engine.run import EngineResult, run_plan, shared_array_specs
+from outlier_dask.engine.budget import PlannedRun, plan_run
+from outlier_dask.engine.handover import STORE, open_handover
+from outlier_dask.engine.plan import Plan
+from outlier_dask.engine.run import EngineResult, run_plan
 from outlier_dask.engine.scratch import local_work_dir, scratch_store
-from outlier_dask.engine.shared import shared_arrays
 from outlier_dask.engine.stores import scratch_directory, scratch_parent
 from outlier_dask.io.association import AssociationError, AssociationMember, read_association
 from outlier_dask.io.flagged_fits import write_flagged_fits
@@ -51,9 +50,7 @@ from outlier_dask.parameters import OutlierParameters
 from outlier_dask.plot import plot_path, write_plot
 from outlier_dask.progress import make_progress
 from outlier_dask.report import build_report, input_entry, report_path, write_report
-from outlier_dask.runtime.collector import existing_objects_set_aside
 from outlier_dask.runtime.schedulers import (
-    LOCAL_SCHEDULERS,
     client_ssl_context,
     resolve_security,
     start_runner,
@@ -192,20 +189,13 @@ _run_cleanup: ContextVar[contextlib.ExitStack] = ContextVar("_run_cleanup")
 def _guarded_run(function: Callable[..., OutlierResult]) -> Callable[..., OutlierResult]:
     """Run ``detect_outliers`` with SIGTERM acting as Ctrl-C and clean-up on any failure.
 
-    The objects that exist before the call are left out of garbage collection during it
-    (:mod:`outlier_dask.runtime.collector`).
-
     The checks made once the products are known register their clean-up (remove this run's
     partial products, explain a full disk) in :data:`_run_cleanup`.
     """
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> OutlierResult:
-        with (
-            interrupted_by_signals(),
-            existing_objects_set_aside(),
-            contextlib.ExitStack() as cleanup,
-        ):
+        with interrupted_by_signals(), contextlib.ExitStack() as cleanup:
             token = _run_cleanup.set(cleanup)
             try:
                 return function(*args, **kwargs)
@@ -244,14 +234,15 @@ def _check_before_work(
         )
 
 
-def _check_free_space(plan: Plan, params: OutlierParameters) -> None:
+def _check_free_space(planned: PlannedRun) -> None:
     """Refuse a run whose products and scratch data would not fit (needs the plan's regions)."""
+    plan, params = planned.plan, planned.params
     ny, nx = plan.grid_shape
     products = product_bytes(plan.members, params, ny * nx, plan.n_groups)
     scratch = 0
     # A remote work_dir (fsspec URL) has no free-space query; its store is checked by writing.
-    if not params.in_memory and local_work_dir(params.work_dir) == params.work_dir:
-        scratch = estimate_resources(plan, in_memory=False, n_workers=1).scratch_disk
+    if local_work_dir(params.work_dir) == params.work_dir:
+        scratch = planned.budget.estimate.scratch_disk
     check_free_space(
         [
             ("products", Path(params.output_dir), products),
@@ -327,37 +318,31 @@ def detect_outliers(
         skipped.timings["total"] = time.perf_counter() - called
         return _finish(skipped, product, members, None, None, None, extras)
     started = time.perf_counter()
-    plan = make_plan(members, product, params)
-    # Stages hand over in shared memory only on a local scheduler this call starts.
-    shared = client is None and params.scheduler in LOCAL_SCHEDULERS
-    plan, params = fit_to_budget(plan, params, shared=shared).apply(plan, params)
+    planned = plan_run(members, product, params, client_given=client is not None)
+    plan, params = planned.plan, planned.params
     timings = {"plan": time.perf_counter() - started}
-    _check_free_space(plan, params)
+    _check_free_space(planned)
     log.info(
         "%d inputs in %d groups; median grid %d x %d",
         len(members),
         plan.n_groups,
         *plan.grid_shape,
     )
+    kind = planned.budget.handover
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(scratch_directory(local_work_dir(params.work_dir)))
         store = (
-            None
-            if params.in_memory
-            else stack.enter_context(scratch_store(params.work_dir, scratch))
+            stack.enter_context(scratch_store(params.work_dir, scratch)) if kind == STORE else None
         )
         # Shared arrays are mapped before a local scheduler forks its workers, which share them.
-        shared_memory = (
-            stack.enter_context(shared_arrays(shared_array_specs(plan, params))) if shared else None
-        )
+        handover = stack.enter_context(open_handover(kind, plan, store))
         with start_runner(params, client, str(scratch), security) as runner:
             runner.progress = display
             result = run_plan(
                 plan,
                 params,
                 runner,
-                store,
-                shared=shared_memory,
+                handover,
                 writers=_product_writers(plan, outputs) if from_files else None,
                 keep_median=extras.plot is not None,
                 keep_masks=extras.plot is not None,

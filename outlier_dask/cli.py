@@ -17,74 +17,23 @@ module imports no numpy itself, so that the set-up comes first.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
-from dataclasses import MISSING, Field, fields
+from dataclasses import Field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from outlier_dask.runtime.process import command_process, imports_set_aside
+from outlier_dask.runtime.process import command_process
 
 if TYPE_CHECKING:
     from outlier_dask.parameters import OutlierParameters
 
-__all__ = ["PARAMETER_HELP", "command", "main", "parameter_default_text"]
+__all__ = ["command", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-#: What each parameter means, with its unit; the command's ``--help`` and the documentation's
-#: parameter table are both made from this and the dataclass's defaults.
-PARAMETER_HELP = {
-    "weight_type": "drizzle weight per input pixel: ivm (1/VAR_RNOISE) or exptime (seconds)",
-    "pixfrac": "drop size as a fraction of an input pixel's side, in (0, 1]",
-    "kernel": "drizzle kernel: square, point or turbo",
-    "fillval": "value of mosaic pixels no input reaches: NAN, INDEF or a number (SCI units)",
-    "maskpt": "fraction (0-1) of a mosaic's sigma-clipped mean weight below which its pixels "
-    "are ignored",
-    "snr": "two signal-to-noise thresholds (multiples of ERR), first and second pass: "
-    "'first second'",
-    "scale": "two multipliers of the blotted median's derivative, first and second pass: "
-    "'first second'",
-    "backg": "background added to the blotted median, in SCI units",
-    "save_intermediate_results": "also write the _outlier_i2d mosaics, the _median and the "
-    "_blot images",
-    "resample_data": "drizzle exposure groups onto a common grid (False: median of the inputs "
-    "as they are; they must share one shape)",
-    "good_bits": "DQ bits treated as good (astropy bit-flag syntax, JWST flag names allowed)",
-    "in_memory": "keep mosaics and median in memory (False: a Zarr store under --work-dir)",
-    "pixmap_stepsize": "the reference's sparse pixel-map step, input pixels (1: checked spline)",
-    "pixmap_order": "spline order (1 or 3) of the pixel map with --pixmap-stepsize > 1",
-    "pixmap_tolerance": "largest pixel-map interpolation error allowed, output pixels "
-    "(0: evaluate the WCS at every pixel)",
-    "output_dir": "folder for the products, the report and the figure",
-    "suffix": "product suffix: <stem>_<suffix>.fits",
-    "work_dir": "parent folder (or fsspec URL, e.g. s3://bucket/prefix) of this run's scratch "
-    "folder, which is removed at the end",
-    "scheduler": "processes, threads, synchronous, local-cluster, or a scheduler address "
-    "tcp://host:port",
-    "n_workers": "parallel workers (processes, threads or local-cluster workers)",
-    "threads_per_worker": "threads per worker with local-cluster",
-    "memory_limit": "memory budget of the run, bytes or e.g. 4GiB, 800MB: workers, tiles and "
-    "in_memory follow from it",
-    "tile_size": "tile edge of the mosaics and the median, output pixels",
-    "block_size": "block edge of the per-input blot and compare, input pixels",
-    "overwrite": "replace existing products, report and figure",
-    "max_grid_pixels": "largest output grid allowed, pixels (a bigger one is refused)",
-    "tls_ca_file": "with a tls:// scheduler: certificate authority to trust (PEM)",
-    "tls_cert": "with a tls:// scheduler: this client's certificate (PEM)",
-    "tls_key": "with a tls:// scheduler: this client's private key (PEM)",
-}
-
-#: How a default of None reads in help and documentation.
-_NONE_DEFAULTS = {
-    "work_dir": "system temporary folder",
-    "n_workers": "CPUs available",
-    "memory_limit": "half of this machine's memory",
-}
 
 _STAGE_NAMES = {"blot_flag": "blot+flag"}
 
@@ -98,14 +47,10 @@ def _parameter_fields() -> tuple[Field, ...]:
     return fields(OutlierParameters)
 
 
-def parameter_default_text(name: str) -> str:
-    """The default of a parameter as the command line and the docs show it."""
-    field_ = next(f for f in _parameter_fields() if f.name == name)
-    default = None if field_.default is MISSING else field_.default
-    return _NONE_DEFAULTS.get(name, "not set") if default is None else str(default)
-
-
 def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
+    # The meanings and default wordings are those of the parameters module (imported on use).
+    from outlier_dask.parameters import PARAMETER_HELP, parameter_default_text
+
     group = parser.add_argument_group(
         "parameters",
         "the reference step's parameters (same names, defaults and string forms), then this "
@@ -115,8 +60,7 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
         if not f.init:
             continue
         option = "--" + f.name.replace("_", "-")
-        meaning = PARAMETER_HELP.get(f.name, "")  # tests/test_cli.py checks none is missing
-        help_text = f"{meaning} (default: {parameter_default_text(f.name)})"
+        help_text = f"{PARAMETER_HELP[f.name]} (default: {parameter_default_text(f.name)})"
         # ``%`` would be read as a format by argparse.
         help_text = help_text.replace("%", "%%")
         if f.type == "bool":
@@ -305,15 +249,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from outlier_dask.api import _resolve_inputs
-    from outlier_dask.engine.plan import make_plan
+    from outlier_dask.engine.budget import plan_run
 
     params = _parameters(args)
     product, members, _ = _resolve_inputs(args.inputs)
     if len(members) < 2:
         print(f"{len(members)} input: outlier detection would be skipped (it needs two)")
         return EXIT_OK
-    plan = make_plan(members, product, params)
-    print(describe_plan(plan, params))
+    print(describe_plan(plan_run(members, product, params)))
     return EXIT_OK
 
 
@@ -324,13 +267,16 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def describe_plan(plan: Any, params: OutlierParameters) -> str:
-    """What ``outlier-dask info`` prints: inputs, groups, grid, tiles, blocks, estimates."""
+def describe_plan(planned: Any) -> str:
+    """What ``outlier-dask info`` prints: inputs, groups, grid, tiles, blocks, and the
+    budget's decisions with their estimate (a :class:`~outlier_dask.engine.budget.PlannedRun`,
+    the plan ``run`` would execute)."""
     from outlier_dask.engine.estimate import estimate_resources, python_processes
-    from outlier_dask.engine.plan import tile_ranges
+    from outlier_dask.engine.handover import handover_kind
+    from outlier_dask.geometry.windows import tile_ranges
     from outlier_dask.report import _pixel_scale_arcsec
-    from outlier_dask.runtime.schedulers import LOCAL_SCHEDULERS, default_workers
 
+    plan, params, budget = planned.plan, planned.params, planned.budget
     ny, nx = plan.grid_shape
     lines = [
         f"product: {plan.product_name}",
@@ -357,20 +303,26 @@ def describe_plan(plan: Any, params: OutlierParameters) -> str:
         f"blocks: {len(plan.blocks)} of up to {params.block_size} x {params.block_size} input "
         f"px ({len(plan.blocks) / len(plan.members):.1f} per input)"
     )
-    workers = 1 if params.scheduler == "synchronous" else params.n_workers or default_workers()
+    workers = budget.n_workers
     processes = python_processes(params.scheduler, workers)
     lines.append(f"workers: {workers} ({params.scheduler}; {processes} Python process(es))")
+    lines.append(f"memory limit: {_bytes(budget.memory_limit)}")
+    lines.extend(f"  budget: {note}" for note in budget.notes)
     lines.append("estimated needs (rough, within a factor of about 2):")
     for in_memory in (True, False):
-        estimate = estimate_resources(
-            plan,
-            in_memory=in_memory,
-            n_workers=workers,
-            processes=processes,
-            keep_intermediate=params.save_intermediate_results,
-            shared=params.scheduler in LOCAL_SCHEDULERS,
+        kind = handover_kind(params.scheduler, in_memory)
+        estimate = (
+            budget.estimate
+            if kind == budget.handover
+            else estimate_resources(
+                plan,
+                kind=kind,
+                n_workers=workers,
+                processes=processes,
+                keep_intermediate=params.save_intermediate_results,
+            )
         )
-        chosen = "  <- chosen" if in_memory == params.in_memory else ""
+        chosen = "  <- chosen" if kind == budget.handover else ""
         lines.append(
             f"  in_memory={in_memory}: peak memory {_bytes(estimate.peak_memory)}, scratch "
             f"disk {_bytes(estimate.scratch_disk)}{chosen}"
@@ -406,13 +358,10 @@ def _one_line(exc: BaseException) -> str:
 def command(argv: Sequence[str] | None = None) -> int:
     """Entry point of the installed ``outlier-dask`` command; returns the exit status.
 
-    :func:`main` in a process set up for the run (:mod:`outlier_dask.runtime.process`): the
-    run's modules are imported first, then set aside from garbage collection. Call
+    :func:`main` in a process set up for the run (:mod:`outlier_dask.runtime.process`). Call
     :func:`main` instead from a process that goes on afterwards.
     """
     with command_process():
-        with imports_set_aside():
-            importlib.import_module("outlier_dask.api")
         return main(argv)
 
 

@@ -1,10 +1,16 @@
-"""The step's parameters: one definition each, shared by the Python API and the command line.
+"""The step's parameters: one definition each, shared by the Python API, command line and step.
 
 Every imaging parameter of the reference step (jwst 3.0.0 ``OutlierDetectionStep``) keeps its
 name, default and string form (``snr="5.0 4.0"``, ``good_bits="~DO_NOT_USE"``); the execution
 parameters that follow them are this project's own. :func:`OutlierParameters.from_mapping` turns
 strings (command line, parameter files) into typed values and validates every one of them, so a
 bad value is reported before any data is read.
+
+Each parameter is one field of :class:`OutlierParameters`: its name, type and default, and in
+its metadata its meaning (with its choices, or what a default of ``None`` stands for). The help
+of ``outlier-dask run``, the spec of :class:`~outlier_dask.OutlierDetectionDaskStep` and the
+documentation's parameter table are all made from these fields (:data:`PARAMETER_HELP`,
+:data:`PARAMETER_CHOICES`, :func:`parameter_default_text`).
 """
 
 from __future__ import annotations
@@ -13,12 +19,21 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from astropy.nddata.bitmask import interpret_bit_flags
 from stdatamodels.jwst.datamodels.dqflags import pixel as JWST_PIXEL_FLAGS  # noqa: N812
 
-__all__ = ["OutlierParameters", "ParameterError", "parse_bool", "parse_memory_size"]
+__all__ = [
+    "PARAMETER_CHOICES",
+    "PARAMETER_HELP",
+    "OutlierParameters",
+    "ParameterError",
+    "parameter_default_text",
+    "parse_bool",
+    "parse_memory_size",
+]
 
 KERNELS = ("square", "point", "turbo")
 WEIGHT_TYPES = ("ivm", "exptime")
@@ -109,6 +124,16 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     return text
 
 
+def _parameter(default: Any, meaning: str, *, choices: tuple[str, ...] = (), none: str = "") -> Any:
+    """A field of :class:`OutlierParameters`: its default, and in its metadata its meaning.
+
+    ``meaning`` (with the unit) is the text of ``outlier-dask run --help``, of the step's spec
+    comment and of the documentation's parameter table; ``choices`` are the only values
+    allowed, when there is a fixed list; ``none`` says what a default of ``None`` stands for.
+    """
+    return field(default=default, metadata={"help": meaning, "choices": choices, "none": none})
+
+
 @dataclass(frozen=True)
 class OutlierParameters:
     """All parameters of a run, validated.
@@ -157,36 +182,94 @@ class OutlierParameters:
         certificate file).
     """
 
-    weight_type: str = "ivm"
-    pixfrac: float = 1.0
-    kernel: str = "square"
-    fillval: str = "NAN"
-    maskpt: float = 0.7
-    snr: str = "5.0 4.0"
-    scale: str = "1.2 0.7"
-    backg: float = 0.0
-    save_intermediate_results: bool = False
-    resample_data: bool = True
-    good_bits: str = "~DO_NOT_USE"
-    in_memory: bool = True
-    pixmap_stepsize: float = 1.0
-    pixmap_order: int = 1
-    pixmap_tolerance: float = 1e-4
+    weight_type: str = _parameter(
+        "ivm",
+        "drizzle weight per input pixel: ivm (1/VAR_RNOISE) or exptime (seconds)",
+        choices=WEIGHT_TYPES,
+    )
+    pixfrac: float = _parameter(1.0, "drop size as a fraction of an input pixel's side, in (0, 1]")
+    kernel: str = _parameter("square", "drizzle kernel: square, point or turbo", choices=KERNELS)
+    fillval: str = _parameter(
+        "NAN", "value of mosaic pixels no input reaches: NAN, INDEF or a number (SCI units)"
+    )
+    maskpt: float = _parameter(
+        0.7,
+        "fraction (0-1) of a mosaic's sigma-clipped mean weight below which its pixels are ignored",
+    )
+    snr: str = _parameter(
+        "5.0 4.0",
+        "two signal-to-noise thresholds (multiples of ERR), first and second pass: 'first second'",
+    )
+    scale: str = _parameter(
+        "1.2 0.7",
+        "two multipliers of the blotted median's derivative, first and second pass: 'first second'",
+    )
+    backg: float = _parameter(0.0, "background added to the blotted median, in SCI units")
+    save_intermediate_results: bool = _parameter(
+        False, "also write the _outlier_i2d mosaics, the _median and the _blot images"
+    )
+    resample_data: bool = _parameter(
+        True,
+        "drizzle exposure groups onto a common grid (False: median of the inputs as they are; "
+        "they must share one shape)",
+    )
+    good_bits: str = _parameter(
+        "~DO_NOT_USE", "DQ bits treated as good (astropy bit-flag syntax, JWST flag names allowed)"
+    )
+    in_memory: bool = _parameter(
+        True, "keep mosaics and median in memory (False: a Zarr store under work_dir)"
+    )
+    pixmap_stepsize: float = _parameter(
+        1.0, "the reference's sparse pixel-map step, input pixels (1: checked spline)"
+    )
+    pixmap_order: int = _parameter(
+        1, "spline order (1 or 3) of the pixel map with pixmap_stepsize > 1"
+    )
+    pixmap_tolerance: float = _parameter(
+        1e-4,
+        "largest pixel-map interpolation error allowed, output pixels (0: evaluate the WCS at "
+        "every pixel)",
+    )
     # execution
-    output_dir: str = "."
-    suffix: str = "crf"
-    work_dir: str | None = None
-    scheduler: str = "processes"
-    n_workers: int | None = None
-    threads_per_worker: int = 1
-    memory_limit: str | None = None
-    tile_size: int = 1024
-    block_size: int = 1024
-    overwrite: bool = False
-    max_grid_pixels: float = 2e9
-    tls_ca_file: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    output_dir: str = _parameter(".", "folder for the products, the report and the figure")
+    suffix: str = _parameter("crf", "product suffix: <stem>_<suffix>.fits")
+    work_dir: str | None = _parameter(
+        None,
+        "parent folder (or fsspec URL, e.g. s3://bucket/prefix) of this run's scratch folder, "
+        "which is removed at the end",
+        none="system temporary folder",
+    )
+    scheduler: str = _parameter(
+        "processes",
+        "processes, threads, synchronous, local-cluster, or a scheduler address tcp://host:port",
+    )
+    n_workers: int | None = _parameter(
+        None,
+        "parallel workers (processes, threads or local-cluster workers)",
+        none="CPUs available",
+    )
+    threads_per_worker: int = _parameter(1, "threads per worker with local-cluster")
+    memory_limit: str | None = _parameter(
+        None,
+        "memory budget of the run, bytes or e.g. 4GiB, 800MB: workers, tiles and in_memory "
+        "follow from it",
+        none="half of this machine's memory",
+    )
+    tile_size: int = _parameter(1024, "tile edge of the mosaics and the median, output pixels")
+    block_size: int = _parameter(1024, "block edge of the per-input blot and compare, input pixels")
+    overwrite: bool = _parameter(False, "replace existing products, report and figure")
+    max_grid_pixels: float = _parameter(
+        2e9, "largest output grid allowed, pixels (a bigger one is refused)"
+    )
+    tls_ca_file: str | None = _parameter(
+        None, "with a tls:// scheduler: certificate authority to trust (PEM)"
+    )
+    tls_cert: str | None = _parameter(
+        None, "with a tls:// scheduler: this client's certificate (PEM)"
+    )
+    tls_key: str | None = _parameter(
+        None, "with a tls:// scheduler: this client's private key (PEM)"
+    )
     snr_pair: tuple[float, float] = field(init=False, repr=False, compare=False)
     scale_pair: tuple[float, float] = field(init=False, repr=False, compare=False)
 
@@ -194,8 +277,8 @@ class OutlierParameters:
         """Validate every value; raise :class:`ParameterError` naming the first bad one."""
         object.__setattr__(self, "snr_pair", _two_floats(self.snr, "snr"))
         object.__setattr__(self, "scale_pair", _two_floats(self.scale, "scale"))
-        _choice(self.weight_type, "weight_type", WEIGHT_TYPES)
-        _choice(self.kernel, "kernel", KERNELS)
+        for name, choices in PARAMETER_CHOICES.items():
+            _choice(getattr(self, name), name, choices)
         if not 0.0 < self.pixfrac <= 1.0:
             raise ParameterError(f"pixfrac: must be in (0, 1], got {self.pixfrac!r}")
         if not 0.0 <= self.maskpt <= 1.0:
@@ -301,6 +384,31 @@ REFERENCE_PARAMETERS = (
     "pixmap_stepsize",
     "pixmap_order",
 )
+
+#: The parameters of a run by name: the init fields of :class:`OutlierParameters`, in order.
+_FIELDS = {f.name: f for f in fields(OutlierParameters) if f.init}
+
+#: What each parameter means, with its unit (from the fields' metadata): the text of
+#: ``outlier-dask run --help``, of the step's spec comments and of the documentation's table.
+PARAMETER_HELP: Mapping[str, str] = MappingProxyType(
+    {name: f.metadata["help"] for name, f in _FIELDS.items()}
+)
+
+#: The parameters that take one of a fixed list of values, and the list.
+PARAMETER_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {name: f.metadata["choices"] for name, f in _FIELDS.items() if f.metadata["choices"]}
+)
+
+
+def parameter_default_text(name: str) -> str:
+    """The default of a parameter as the command line and the docs show it.
+
+    A default of ``None`` reads as what it stands for (``"CPUs available"``), or ``"not set"``.
+    """
+    f = _FIELDS[name]
+    if f.default is None:
+        return f.metadata["none"] or "not set"
+    return str(f.default)
 
 
 def _as_str(value: Any, name: str) -> str:

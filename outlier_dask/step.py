@@ -17,19 +17,69 @@ imports jwst.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import Field, fields
 from typing import Any
 
 from jwst.datamodels import ModelContainer, ModelLibrary
 from jwst.stpipe import Step
 
-from outlier_dask.parameters import OutlierParameters
+from outlier_dask.parameters import PARAMETER_CHOICES, PARAMETER_HELP, OutlierParameters
 
 __all__ = ["OutlierDetectionDaskStep"]
 
-#: Step parameters that are parameters of :class:`OutlierParameters` (the others steer stpipe,
-#: or belong to the reference's non-imaging modes and are accepted for compatibility).
-_SHARED = ("output_dir",)
+#: Parameters of :class:`OutlierParameters` that are also ``stpipe``'s own: the step keeps
+#: stpipe's definition (``output_dir`` None, or empty, stands for the default ``"."``).
+_STPIPE_OWNED = ("output_dir",)
+
+#: The spec's entries that are not parameters of :class:`OutlierParameters`: the reference's
+#: parameters of its non-imaging modes, accepted for compatibility; the reference's default of
+#: stpipe's ``search_output_file``; and this step's progress display.
+_STEP_ONLY_SPEC = """\
+kernel_size = string(default='7 7')  # IFU only: accepted, not used
+threshold_percent = float(default=99.8)  # IFU only: accepted, not used
+rolling_window_width = integer(default=25)  # TSO only: accepted, not used
+ifu_second_check = boolean(default=False)  # IFU only: accepted, not used
+search_output_file = boolean(default=False)  # use an output file named by a parent step
+progress = option('auto','bar','log','off',default='auto')  # stage progress display
+"""
+
+#: configobj check of each type of :class:`OutlierParameters` field (``X | None``: that of X).
+_SPEC_TYPES = {"float": "float", "int": "integer", "bool": "boolean", "str": "string"}
+
+
+def _spec_value(value: Any) -> str:
+    """A default as configobj reads it back: ``None``, ``True``, ``1.0``, ``'5.0 4.0'``."""
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise ValueError(f"cannot quote the default {text!r} in a configobj spec")
+
+
+def _spec_line(f: Field) -> str:
+    """``name = check(..., default=...)  # meaning`` of one field of :class:`OutlierParameters`."""
+    type_name = str(f.type).removesuffix(" | None")
+    default = f"default={_spec_value(f.default)}"
+    if f.name in PARAMETER_CHOICES:
+        choices = ",".join(_spec_value(c) for c in PARAMETER_CHOICES[f.name])
+        check = f"option({choices},{default})"
+    elif type_name in _SPEC_TYPES:
+        check = f"{_SPEC_TYPES[type_name]}({default})"
+    else:
+        raise TypeError(f"{f.name}: no configobj check for a parameter of type {f.type}")
+    comment = PARAMETER_HELP[f.name]
+    if f.default is None and f.metadata["none"]:
+        comment += f" (None: {f.metadata['none']})"
+    return f"{f.name} = {check}  # {comment}"
+
+
+def _spec() -> str:
+    """The step's spec: every parameter of :class:`OutlierParameters`, then the step's own."""
+    shared = [f for f in fields(OutlierParameters) if f.init and f.name not in _STPIPE_OWNED]
+    return "".join(_spec_line(f) + "\n" for f in shared) + _STEP_ONLY_SPEC
 
 
 class OutlierDetectionDaskStep(Step):
@@ -40,37 +90,9 @@ class OutlierDetectionDaskStep(Step):
 
     class_alias = "outlier_detection_dask"
 
-    spec = """
-        weight_type = option('ivm','exptime',default='ivm')  # drizzle weights
-        pixfrac = float(min=0.0, max=1.0, default=1.0)  # drop size, fraction of a pixel
-        kernel = option('square','point','turbo',default='square')  # drizzle kernel
-        fillval = string(default='NAN')  # value of mosaic pixels without weight
-        maskpt = float(default=0.7)  # fraction of the clipped mean weight to keep
-        snr = string(default='5.0 4.0')  # two signal-to-noise thresholds
-        scale = string(default='1.2 0.7')  # two multipliers of the blot derivative
-        backg = float(default=0.0)  # background added to the blot, SCI units
-        kernel_size = string(default='7 7')  # IFU only: accepted, not used
-        threshold_percent = float(default=99.8)  # IFU only: accepted, not used
-        rolling_window_width = integer(default=25)  # TSO only: accepted, not used
-        ifu_second_check = boolean(default=False)  # IFU only: accepted, not used
-        save_intermediate_results = boolean(default=False)  # also write i2d, median, blots
-        resample_data = boolean(default=True)  # drizzle groups onto a common grid
-        good_bits = string(default="~DO_NOT_USE")  # DQ flags to allow
-        search_output_file = boolean(default=False)
-        in_memory = boolean(default=True)  # False: mosaics and median in a Zarr store
-        pixmap_stepsize = float(default=1.0)  # reference's sparse pixel-map step
-        pixmap_order = integer(default=1)  # spline order with pixmap_stepsize > 1
-        pixmap_tolerance = float(default=1e-4)  # largest pixel-map error, output pixels
-        scheduler = string(default='processes')  # processes, threads, ..., tcp://host:port
-        n_workers = integer(default=None)  # parallel workers (None: CPUs available)
-        threads_per_worker = integer(default=1)  # with local-cluster
-        memory_limit = string(default=None)  # local-cluster memory, e.g. 8GiB
-        work_dir = string(default=None)  # parent folder of scratch data
-        tile_size = integer(default=1024)  # tile edge of mosaics and median, pixels
-        block_size = integer(default=1024)  # block edge of blot and compare, pixels
-        progress = option('auto','bar','log','off',default='auto')  # stage progress display
-        suffix = string(default='crf')  # suffix of the saved products
-    """  # noqa: E501
+    #: Made from :class:`OutlierParameters` (types, defaults, and meanings as comments), so it
+    #: cannot drift from the command line or the documentation; see :func:`_spec`.
+    spec = _spec()
 
     def _parameters(self) -> OutlierParameters:
         """The step's values as :class:`OutlierParameters` (validated)."""
@@ -78,7 +100,7 @@ class OutlierDetectionDaskStep(Step):
         values: dict[str, Any] = {}
         for name in names:
             value = getattr(self, name, None)
-            if value is not None and (name not in _SHARED or value):
+            if value is not None and (name not in _STPIPE_OWNED or value):
                 values[name] = value
         values.pop("suffix", None)  # the saved names are stpipe's business here
         return OutlierParameters.from_mapping(values)

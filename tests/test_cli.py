@@ -176,13 +176,23 @@ def test_help_gives_units_and_readable_defaults(capsys):
     assert "(default: None)" not in text
 
 
-def test_every_parameter_has_help():
+def test_help_of_every_parameter_is_the_parameter_table(capsys):
     from dataclasses import fields
 
-    from outlier_dask.cli import PARAMETER_HELP
-    from outlier_dask.parameters import OutlierParameters
+    from outlier_dask.parameters import PARAMETER_HELP, OutlierParameters, parameter_default_text
 
-    assert set(PARAMETER_HELP) == {f.name for f in fields(OutlierParameters) if f.init}
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    # argparse wraps lines at spaces and after hyphens: compare without any whitespace.
+    text = "".join(capsys.readouterr().out.split())
+    for f in fields(OutlierParameters):
+        if not f.init:
+            continue
+        option = "--" + f.name.replace("_", "-")
+        metavar = "[True|False]" if f.type == "bool" else "VALUE"
+        entry = f"{option} {metavar} {PARAMETER_HELP[f.name]} "
+        entry += f"(default: {parameter_default_text(f.name)})"
+        assert "".join(entry.split()) in text, f.name
 
 
 def test_config_file_with_command_line_override(tmp_path):
@@ -250,28 +260,32 @@ def test_info_shows_the_plan_without_running(association, tmp_path, capsys):
 def test_estimates_follow_the_plan(association):
     from outlier_dask.api import _resolve_inputs
     from outlier_dask.engine.estimate import PROCESS_BASELINE, estimate_resources
+    from outlier_dask.engine.handover import SHARED, STORE
     from outlier_dask.engine.plan import make_plan
     from outlier_dask.parameters import OutlierParameters
 
     product, members, _ = _resolve_inputs(association.asn_path)
     plan = make_plan(members, product, OutlierParameters())
-    memory = estimate_resources(plan, in_memory=True, n_workers=2)
-    disk = estimate_resources(plan, in_memory=False, n_workers=2)
+    memory = estimate_resources(plan, kind=SHARED, n_workers=2)
+    disk = estimate_resources(plan, kind=STORE, n_workers=2)
     ny, nx = plan.grid_shape
     assert memory.scratch_disk == 0
     assert disk.scratch_disk >= 4 * ny * nx  # at least the median
     assert disk.peak_memory < memory.peak_memory
     assert memory.peak_memory == sum(memory.parts.values())
-    assert memory.parts["masked stack"] == 4 * plan.n_groups * ny * nx
-    more = estimate_resources(plan, in_memory=True, n_workers=4, processes=5)
+    # Planes are held on the whole tiles each group's region meets (here one tile: the grid).
+    assert memory.parts["masked stack (shared memory)"] == 4 * plan.n_groups * ny * nx
+    assert memory.parts["median (shared memory)"] == 4 * ny * nx
+    more = estimate_resources(plan, kind=SHARED, n_workers=4, processes=5)
     assert more.peak_memory - memory.peak_memory >= 2 * PROCESS_BASELINE
-    kept = estimate_resources(plan, in_memory=False, n_workers=2, keep_intermediate=True)
+    kept = estimate_resources(plan, kind=STORE, n_workers=2, keep_intermediate=True)
     assert kept.peak_memory - disk.peak_memory >= 4 * ny * nx + 4 * 3 * 96 * 96
 
 
 def test_scratch_estimate_bounds_the_store(association, tmp_path):
     from outlier_dask.api import _resolve_inputs
     from outlier_dask.engine.estimate import estimate_resources
+    from outlier_dask.engine.handover import STORE, open_handover
     from outlier_dask.engine.plan import make_plan
     from outlier_dask.engine.run import run_plan
     from outlier_dask.engine.stores import ScratchStore
@@ -282,10 +296,10 @@ def test_scratch_estimate_bounds_the_store(association, tmp_path):
     product, members, _ = _resolve_inputs(association.asn_path)
     plan = make_plan(members, product, params)
     store = ScratchStore(str(tmp_path / "s.zarr"))
-    with start_runner(params) as runner:
-        run_plan(plan, params, runner, store)
+    with open_handover(STORE, plan, store) as handover, start_runner(params) as runner:
+        run_plan(plan, params, runner, handover)
     used = sum(p.stat().st_size for p in (tmp_path / "s.zarr").rglob("*") if p.is_file())
-    estimate = estimate_resources(plan, in_memory=False, n_workers=1).scratch_disk
+    estimate = estimate_resources(plan, kind=STORE, n_workers=1).scratch_disk
     # Uncompressed chunks of the tiles groups touch: an upper bound, and not a loose one for
     # noisy data that compresses little.
     assert 0.3 * estimate < used <= estimate

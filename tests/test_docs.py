@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from outlier_dask.cli import PARAMETER_HELP, parameter_default_text
-from outlier_dask.parameters import REFERENCE_PARAMETERS, OutlierParameters
+from outlier_dask.parameters import (
+    PARAMETER_HELP,
+    REFERENCE_PARAMETERS,
+    OutlierParameters,
+    parameter_default_text,
+)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

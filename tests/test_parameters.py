@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from outlier_dask.parameters import (
+    KERNELS,
+    PARAMETER_CHOICES,
+    PARAMETER_HELP,
     REFERENCE_PARAMETERS,
+    WEIGHT_TYPES,
     OutlierParameters,
     ParameterError,
+    parameter_default_text,
     parse_bool,
     parse_memory_size,
 )
@@ -94,3 +101,19 @@ def test_memory_sizes(text, size):
 @pytest.mark.parametrize(("text", "value"), [("True", True), ("false", False), ("1", True)])
 def test_booleans_in_strun_spelling(text, value):
     assert parse_bool(text, "x") is value
+
+
+def test_every_parameter_has_its_meaning_and_a_readable_default():
+    names = [f.name for f in fields(OutlierParameters) if f.init]
+    assert list(PARAMETER_HELP) == names
+    for name in names:
+        assert PARAMETER_HELP[name].strip(), name
+        assert parameter_default_text(name) not in ("", "None"), name
+    assert parameter_default_text("snr") == "5.0 4.0"
+    assert parameter_default_text("n_workers") == "CPUs available"
+    assert parameter_default_text("tls_key") == "not set"
+    assert dict(PARAMETER_CHOICES) == {"weight_type": WEIGHT_TYPES, "kernel": KERNELS}
+    for name, choices in PARAMETER_CHOICES.items():
+        assert getattr(OutlierParameters(), name) in choices
+        for choice in choices:
+            OutlierParameters.from_mapping({name: choice})

@@ -83,10 +83,9 @@ def _fail_on_third_input(original):
 def test_a_failure_mid_run_leaves_nothing(association, tmp_path, monkeypatch, in_memory):
     import outlier_dask.engine.tasks as tasks
 
-    # Local schedulers call it from flag_member (in tasks), distributed ones from run.
-    failing = _fail_on_third_input(tasks.blot_and_flag_block)
-    monkeypatch.setattr(tasks, "blot_and_flag_block", failing)
-    monkeypatch.setattr("outlier_dask.engine.run.blot_and_flag_block", failing)
+    monkeypatch.setattr(
+        tasks, "blot_and_flag_block", _fail_on_third_input(tasks.blot_and_flag_block)
+    )
     before = _checksums(association.cal_paths)
     out, work = tmp_path / "out", tmp_path / "work"
     with pytest.raises(RuntimeError, match="simulated failure on the third input"):
@@ -135,10 +134,9 @@ def test_existing_products_survive_a_failed_overwrite(
     before = _checksums(first.outputs)
     import outlier_dask.engine.tasks as tasks
 
-    # Local schedulers call it from flag_member (in tasks), distributed ones from run.
-    failing = _fail_on_third_input(tasks.blot_and_flag_block)
-    monkeypatch.setattr(tasks, "blot_and_flag_block", failing)
-    monkeypatch.setattr("outlier_dask.engine.run.blot_and_flag_block", failing)
+    monkeypatch.setattr(
+        tasks, "blot_and_flag_block", _fail_on_third_input(tasks.blot_and_flag_block)
+    )
     with pytest.raises(RuntimeError):
         detect_outliers(
             association.asn_path, output_dir=out, overwrite=True, scheduler="synchronous"
@@ -154,7 +152,7 @@ def test_disk_full_while_writing_scratch(association, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("outlier_dask.engine.tasks.write_region", full)
+    monkeypatch.setattr("outlier_dask.engine.handover.StorePlanes.write", full)
     out, work = tmp_path / "out", tmp_path / "work"
     before = _checksums(association.cal_paths)
     with pytest.raises(DiskFullError, match=r"disk full \(output_dir .* free, work_dir .* free\)"):
@@ -225,7 +223,7 @@ if _stage:
 
     _module_name, _name = {
         "drizzle": ("outlier_dask.engine.tasks", "build_group_mosaic"),
-        "median": ("outlier_dask.engine.tasks", "nanmedian_stack"),
+        "median": ("outlier_dask.engine.handover", "nanmedian_stack"),
         "blot": ("outlier_dask.engine.tasks", "blot_and_flag_block"),
         "write": ("outlier_dask.io.flagged_fits", "write_flagged_fits"),
     }[_stage]

@@ -7,17 +7,15 @@ import json
 
 import numpy as np
 import pytest
+from engine_runs import run_engine
 from stdatamodels.jwst import datamodels
 
 from outlier_dask import OutlierParameters, detect_outliers
 from outlier_dask.engine.plan import make_plan
-from outlier_dask.engine.run import run_plan
-from outlier_dask.engine.stores import ScratchStore, scratch_directory
 from outlier_dask.io.members import members_from_models
 from outlier_dask.kernels.dq import OUTLIER
 from outlier_dask.plot import flagged_positions
 from outlier_dask.report import REPORT_VERSION
-from outlier_dask.runtime.schedulers import start_runner
 from outlier_dask.synthetic import make_models, write_association
 
 
@@ -104,10 +102,7 @@ def models():
 def _engine(models, tmp_path, **values):
     params = OutlierParameters(scheduler="synchronous", **values)
     plan = make_plan(members_from_models(models), "t", params)
-    with scratch_directory(str(tmp_path)) as scratch:
-        store = None if params.in_memory else ScratchStore(str(scratch / "s.zarr"))
-        with start_runner(params) as runner:
-            return plan, run_plan(plan, params, runner, store, keep_median=True)
+    return plan, run_engine(plan, params, tmp_path, keep_median=True)
 
 
 @pytest.mark.parametrize(("block_size", "in_memory"), [(7, True), (1024, False), (16, False)])

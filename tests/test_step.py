@@ -73,6 +73,75 @@ def test_step_parameters_become_outlier_parameters():
             assert ours.get_pars()[name] == value, name
 
 
+def test_spec_is_made_from_the_parameter_table():
+    from dataclasses import fields
+
+    from configobj import ConfigObj
+    from stpipe.config_parser import validate
+
+    from outlier_dask.parameters import PARAMETER_CHOICES, PARAMETER_HELP, OutlierParameters
+
+    step_class = outlier_dask.OutlierDetectionDaskStep
+    spec = step_class.load_spec_file()  # stpipe's own parsing, stpipe's parameters merged in
+    spec_defaults = validate(ConfigObj(), spec)  # an empty configuration gets the defaults
+    step = step_class()
+    checks = {"float": "float(", "int": "integer(", "bool": "boolean(", "str": "string("}
+    for f in fields(OutlierParameters):
+        if not f.init:
+            continue
+        assert f.name in spec, f.name
+        if f.name == "output_dir":  # stpipe's own; None stands for the default "."
+            assert spec_defaults[f.name] is None
+            assert step._parameters().output_dir == f.default
+            continue
+        assert spec_defaults[f.name] == f.default, f.name
+        assert type(spec_defaults[f.name]) is type(f.default), f.name
+        assert getattr(step, f.name) == f.default, f.name
+        assert spec.inline_comments[f.name].startswith(f"# {PARAMETER_HELP[f.name]}"), f.name
+        if f.name in PARAMETER_CHOICES:
+            choices = ",".join(f"'{c}'" for c in PARAMETER_CHOICES[f.name])
+            assert spec[f.name] == f"option({choices},default='{f.default}')"
+        else:
+            assert spec[f.name].startswith(checks[str(f.type).removesuffix(" | None")]), f.name
+    assert spec_defaults["progress"] == "auto"
+    assert spec.inline_comments["n_workers"].endswith("(None: CPUs available)")
+    # The reference's parameters of other modes are accepted, with the reference's defaults.
+    reference = pytest.importorskip("jwst.outlier_detection").OutlierDetectionStep
+    reference_defaults = validate(ConfigObj(), reference.load_spec_file())
+    for name in ("kernel_size", "threshold_percent", "rolling_window_width", "ifu_second_check"):
+        assert spec_defaults[name] == reference_defaults[name], name
+    assert spec_defaults["search_output_file"] is reference_defaults["search_output_file"]
+
+
+def test_step_reads_every_parameter_in_strun_spelling():
+    step = outlier_dask.OutlierDetectionDaskStep(
+        max_grid_pixels="1e6",
+        overwrite="True",
+        memory_limit="2GiB",
+        scheduler="tls://scheduler:8786",
+        tls_ca_file="ca.pem",
+        tls_cert="client.pem",
+        tls_key="client.key",
+        pixmap_tolerance="0",
+    )
+    assert step.max_grid_pixels == 1e6
+    assert step.overwrite is True
+    params = step._parameters()
+    assert params.max_grid_pixels == 1e6
+    assert params.overwrite is True
+    assert params.memory_limit == "2GiB"
+    assert (params.tls_ca_file, params.tls_cert, params.tls_key) == (
+        "ca.pem",
+        "client.pem",
+        "client.key",
+    )
+    assert params.pixmap_tolerance == 0.0
+    from stpipe.config_parser import ValidationError
+
+    with pytest.raises(ValidationError, match="'kernel'"):
+        outlier_dask.OutlierDetectionDaskStep(kernel="lanczos3")
+
+
 def test_call_returns_a_library_of_flagged_models(association, expected):
     from jwst.datamodels import ModelLibrary
 

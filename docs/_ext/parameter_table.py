@@ -1,9 +1,9 @@
 """Sphinx directive ``parameter-table``: every parameter of a run, made from the code.
 
-The rows come from :class:`outlier_dask.parameters.OutlierParameters` (names, defaults),
-``outlier_dask.cli.PARAMETER_HELP`` (meaning and unit, the text of ``outlier-dask run --help``)
-and ``outlier_dask.parameters.REFERENCE_PARAMETERS`` (which names the reference step shares),
-so the table cannot drift from the code. In a MyST page::
+The rows come from :mod:`outlier_dask.parameters`, where each parameter is defined once: the
+fields of ``OutlierParameters`` (names, defaults), ``PARAMETER_HELP`` (meaning and unit, the text
+of ``outlier-dask run --help`` and of the step's spec) and ``REFERENCE_PARAMETERS`` (which names
+the reference step shares), so the table cannot drift from the code. In a MyST page::
 
     ```{parameter-table}
     ```
@@ -22,8 +22,12 @@ STPIPE_COMMON = {"output_dir", "suffix"}
 
 def parameter_rows() -> list[tuple[str, str, str, str]]:
     """``(name, default, meaning, reference name)`` of every parameter, in dataclass order."""
-    from outlier_dask.cli import PARAMETER_HELP, parameter_default_text
-    from outlier_dask.parameters import REFERENCE_PARAMETERS, OutlierParameters
+    from outlier_dask.parameters import (
+        PARAMETER_HELP,
+        REFERENCE_PARAMETERS,
+        OutlierParameters,
+        parameter_default_text,
+    )
 
     rows = []
     for f in fields(OutlierParameters):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 
 import psutil
@@ -30,11 +31,19 @@ from outlier_dask.engine.estimate import (
     python_processes,
     worker_task_sizes,
 )
-from outlier_dask.engine.plan import Plan
+from outlier_dask.engine.handover import handover_kind
+from outlier_dask.engine.plan import Plan, make_plan
+from outlier_dask.io.members import Member
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
-from outlier_dask.runtime.schedulers import LOCAL_SCHEDULERS, default_workers
 
-__all__ = ["BudgetDecision", "default_memory_limit", "fit_to_budget"]
+__all__ = [
+    "BudgetDecision",
+    "PlannedRun",
+    "default_memory_limit",
+    "default_workers",
+    "fit_to_budget",
+    "plan_run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,14 @@ DEFAULT_MEMORY_FRACTION = 0.5
 MIN_TILE_PX = 256
 #: Median tasks below this many bytes are never worth smaller tiles.
 MEDIAN_TASK_FLOOR = 64 * 2**20
+
+
+def default_workers() -> int:
+    """Workers to use when the user does not say: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def default_memory_limit() -> int:
@@ -67,6 +84,8 @@ class BudgetDecision:
         Tile edge of mosaics and median, pixels.
     in_memory : bool
         Whether mosaics and median stay in memory.
+    handover : str
+        Where the stack and the median live (:func:`~.handover.handover_kind`).
     estimate : ResourceEstimate
         Estimated peak memory and scratch disk of the chosen setting.
     notes : tuple of str
@@ -78,6 +97,7 @@ class BudgetDecision:
     worker_memory_limit: int
     tile_size: int
     in_memory: bool
+    handover: str
     estimate: ResourceEstimate
     notes: tuple[str, ...] = ()
 
@@ -93,14 +113,13 @@ class BudgetDecision:
         return plan, params
 
 
-def _estimate(plan: Plan, params: OutlierParameters, in_memory: bool, workers: int, shared: bool):
+def _estimate(plan: Plan, params: OutlierParameters, kind: str, workers: int):
     return estimate_resources(
         plan,
-        in_memory=in_memory,
+        kind=kind,
         n_workers=workers,
         processes=python_processes(params.scheduler, workers),
         keep_intermediate=params.save_intermediate_results,
-        shared=shared,
     )
 
 
@@ -117,39 +136,38 @@ def _fitting_tile(plan: Plan, tile: int) -> int:
 
 
 def fit_to_budget(
-    plan: Plan, params: OutlierParameters, *, shared: bool | None = None
+    plan: Plan, params: OutlierParameters, *, client_given: bool = False
 ) -> BudgetDecision:
     """Choose workers, tile size and ``in_memory`` so the run fits ``params.memory_limit``.
 
-    ``shared`` says whether stages hand over in shared memory (a local scheduler this process
-    starts); by default, whether ``params.scheduler`` is local. A run on a caller's
-    ``distributed`` client is not shared whatever the scheduler parameter says.
+    ``client_given``: a caller's ``distributed`` client runs the graphs (so the stack and
+    median are kept on its workers, not in memory shared with this process).
     """
-    if shared is None:
-        shared = params.scheduler in LOCAL_SCHEDULERS
     budget = (
         parse_memory_size(params.memory_limit) if params.memory_limit else default_memory_limit()
     )
     notes: list[str] = []
     wanted = params.n_workers or default_workers()
-    if params.scheduler in ("synchronous",):
+    if params.scheduler == "synchronous":
         wanted = 1
     tile = _fitting_tile(plan, params.tile_size)
     if tile != params.tile_size:
         notes.append(f"tiles of {tile} pixels so a median task fits beside the others")
     plan = dataclasses.replace(plan, tile_shape=(tile, tile))
     in_memory = params.in_memory
-    needed = _estimate(plan, params, True, 1, shared).peak_memory if in_memory else 0
+    kind = handover_kind(params.scheduler, in_memory, client_given)
+    needed = _estimate(plan, params, kind, 1).peak_memory if in_memory else 0
     if needed > budget:
         in_memory = False
+        kind = handover_kind(params.scheduler, in_memory, client_given)
         notes.append(
             f"mosaics and median kept on disk (in_memory=False): in memory they need "
             f"~{needed / 2**30:.1f} GiB, above the memory limit of {budget / 2**30:.1f} GiB"
         )
     workers = wanted
-    while workers > 1 and _estimate(plan, params, in_memory, workers, shared).peak_memory > budget:
+    while workers > 1 and _estimate(plan, params, kind, workers).peak_memory > budget:
         workers -= 1
-    estimate = _estimate(plan, params, in_memory, workers, shared)
+    estimate = _estimate(plan, params, kind, workers)
     if workers < wanted:
         notes.append(f"{workers} worker(s) instead of {wanted} to stay within the memory limit")
     if estimate.peak_memory > budget:
@@ -160,4 +178,45 @@ def fit_to_budget(
     worker_limit = max(1, (budget - PROCESS_BASELINE) // workers)
     for note in notes:
         log.warning("memory budget: %s", note)
-    return BudgetDecision(budget, workers, worker_limit, tile, in_memory, estimate, tuple(notes))
+    return BudgetDecision(
+        budget, workers, worker_limit, tile, in_memory, kind, estimate, tuple(notes)
+    )
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A plan fitted to the budget: what ``run`` executes and ``info`` shows.
+
+    Attributes
+    ----------
+    plan : Plan
+        The plan, with the budget's tiles.
+    params : OutlierParameters
+        The parameters, with the budget's workers, tiles and ``in_memory``.
+    budget : BudgetDecision
+        What the budget decided, with its estimate.
+    """
+
+    plan: Plan
+    params: OutlierParameters
+    budget: BudgetDecision
+
+
+def plan_run(
+    members: list[Member],
+    product_name: str,
+    params: OutlierParameters,
+    *,
+    client_given: bool = False,
+) -> PlannedRun:
+    """The plan of a run and the budget's decisions: the one planning function.
+
+    Raises
+    ------
+    ValueError
+        See :func:`~outlier_dask.engine.plan.make_plan`.
+    """
+    plan = make_plan(members, product_name, params)
+    decision = fit_to_budget(plan, params, client_given=client_given)
+    plan, params = decision.apply(plan, params)
+    return PlannedRun(plan, params, decision)

@@ -14,16 +14,14 @@ import gwcs
 
 from outlier_dask.geometry.output_grid import footprints_from_s_region, output_wcs_from_footprints
 from outlier_dask.geometry.pixel_map import PixelMap, build_pixel_map
+from outlier_dask.geometry.windows import Window, tile_ranges, union
 from outlier_dask.io.members import Member
 from outlier_dask.kernels.flags import FLAG_HALO_PX
 from outlier_dask.parameters import OutlierParameters
 
-__all__ = ["BlockPlan", "GroupPlan", "Plan", "make_plan", "tile_ranges", "tiles_covering"]
+__all__ = ["BlockPlan", "GroupPlan", "Plan", "make_plan"]
 
 log = logging.getLogger(__name__)
-
-Range = tuple[int, int]
-Window = tuple[Range, Range]
 
 # Drizzle maps pixel corners by extrapolating the map half a pixel beyond the centres; two
 # pixels of margin keep every member's outline inside its group's region.
@@ -113,29 +111,6 @@ class Plan:
         return len(self.groups)
 
 
-def tile_ranges(n: int, size: int) -> list[Range]:
-    """Half-open ranges of length ``size`` (the last one shorter) covering ``[0, n)``."""
-    return [(start, min(start + size, n)) for start in range(0, n, size)]
-
-
-def tiles_covering(
-    region: Window, tile_shape: tuple[int, int], grid_shape: tuple[int, int]
-) -> Window | None:
-    """The smallest rectangle of whole grid tiles holding ``region`` (None if it is empty).
-
-    Tiles of the grid either lie inside it or do not meet it, so a tile either takes the
-    group's plane of the stack or only the group's value beyond its region.
-    """
-    (y0, y1), (x0, x1) = region
-    if y0 >= y1 or x0 >= x1:
-        return None
-    ty, tx = tile_shape
-    return (
-        ((y0 // ty) * ty, min(-(-y1 // ty) * ty, grid_shape[0])),
-        ((x0 // tx) * tx, min(-(-x1 // tx) * tx, grid_shape[1])),
-    )
-
-
 def _groups_in_order(members: list[Member]) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = {}
     for member in members:
@@ -160,13 +135,6 @@ def _mapped_window(
     if y0 >= y1 or x0 >= x1:
         return None
     return (y0, y1), (x0, x1)
-
-
-def _union(windows: list[Window]) -> Window:
-    return (
-        (min(w[0][0] for w in windows), max(w[0][1] for w in windows)),
-        (min(w[1][0] for w in windows), max(w[1][1] for w in windows)),
-    )
 
 
 def _blocks_of(
@@ -233,7 +201,7 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
             region = _mapped_window(pixel_maps[i], whole, grid_shape, REGION_MARGIN_PX)
             if region is not None:
                 regions.append(region)
-        region = _union(regions) if regions else ((0, 0), (0, 0))
+        region = union(regions) if regions else ((0, 0), (0, 0))
         groups.append(GroupPlan(group_id, tuple(indices), region))
     blocks = [
         b

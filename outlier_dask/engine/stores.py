@@ -1,10 +1,8 @@
-"""Where mosaics, weights and the median live between stages: memory or a Zarr store.
+"""Scratch data of a run: its folder and its Zarr store.
 
-With ``in_memory=False`` every group task writes its masked mosaic straight into a Zarr array
-chunked ``(1, ty, tx)`` (NaN fill, empty chunks not stored), the median reads it back in blocks
-holding the whole groups axis, and blot tasks read the median (shared on local schedulers,
-cut-outs from the store otherwise), so no process ever holds more than a region, a block or a
-tile of the stack.
+The scratch folder of a run (made in the user's ``work_dir``, removed however the run ends)
+and the Zarr store in it. What goes into the store, and when, is decided by
+:mod:`outlier_dask.engine.handover`.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ScratchStore", "read_window", "scratch_directory", "scratch_parent", "write_region"]
+__all__ = ["ScratchStore", "scratch_directory", "scratch_parent"]
 
 log = logging.getLogger(__name__)
 
@@ -71,41 +69,31 @@ def _remove_tree(path: Path) -> None:
 
 @dataclass(frozen=True)
 class ScratchStore:
-    """Zarr arrays of one run: the masked stack ``data`` (groups, ny, nx), ``median`` (ny, nx),
-    and for intermediate products ``mosaic`` and ``weight`` (groups, ny, nx)."""
+    """Zarr arrays of one run: the masked stack ``data`` (groups, ny, nx) and ``median``
+    (ny, nx), both float32 chunked by grid tile."""
 
     path: str
 
-    def create(
-        self,
-        n_groups: int,
-        grid_shape: tuple[int, int],
-        tile: tuple[int, int],
-        mosaic_fill: float | None = None,
-    ) -> None:
+    def create(self, n_groups: int, grid_shape: tuple[int, int], tile: tuple[int, int]) -> None:
         """Create the empty arrays (no chunk is written until a task writes it).
 
-        ``data`` (groups, ny, nx) holds the masked mosaics, NaN where nothing was written;
-        ``median`` (ny, nx). With ``mosaic_fill`` (the drizzle fill value), ``mosaic`` and
-        ``weight`` (groups, ny, nx) also hold the unmasked mosaics and their weights, for
-        intermediate products. Chunks are not compressed: scratch data is read once, and
-        compressing it cost more time than the disk it saved.
+        ``data`` is chunked ``(1, ty, tx)`` and holds NaN where nothing was written; ``median``
+        is chunked ``(ty, tx)``. Chunks are not compressed: scratch data is read once.
         """
-        import zarr  # imported by out-of-core runs only (a tenth of a second)
+        import zarr  # imported by out-of-core runs only
 
         root = zarr.open_group(self.path, mode="w")
-        arrays = {"data": ((n_groups, *grid_shape), (1, *tile), np.nan)}
-        if mosaic_fill is not None:
-            arrays["mosaic"] = ((n_groups, *grid_shape), (1, *tile), mosaic_fill)
-            arrays["weight"] = ((n_groups, *grid_shape), (1, *tile), 0.0)
-        arrays["median"] = (grid_shape, tile, np.nan)
-        for name, (shape, chunks, fill) in arrays.items():
+        arrays = {
+            "data": ((n_groups, *grid_shape), (1, *tile)),
+            "median": (grid_shape, tile),
+        }
+        for name, (shape, chunks) in arrays.items():
             root.create_array(
                 name,
                 shape=shape,
                 chunks=chunks,
                 dtype="float32",
-                fill_value=fill,
+                fill_value=np.nan,
                 compressors=None,
                 config={"write_empty_chunks": False},
             )
@@ -115,23 +103,3 @@ class ScratchStore:
         import zarr
 
         return zarr.open_array(f"{self.path}/{name}", mode=mode)
-
-
-def write_region(
-    store: ScratchStore, name: str, index: int | None, region: tuple, values: np.ndarray
-) -> None:
-    """Write ``values`` into ``name[index, region]`` (or ``name[region]`` if index is None)."""
-    (y0, y1), (x0, x1) = region
-    if y0 >= y1 or x0 >= x1:
-        return
-    target = store.array(name, "r+")
-    if index is None:
-        target[y0:y1, x0:x1] = values
-    else:
-        target[index, y0:y1, x0:x1] = values
-
-
-def read_window(store: ScratchStore, name: str, window: tuple) -> np.ndarray:
-    """Read ``name[window]`` of a 2-D array: (rows, cols) float32."""
-    (y0, y1), (x0, x1) = window
-    return np.asarray(store.array(name)[y0:y1, x0:x1])

@@ -1,7 +1,10 @@
 """Task functions: what one dask task does, from a plan entry to arrays.
 
 They are top-level functions of plain, picklable arguments, so process workers and
-``distributed`` workers can run them. They only read pixels, slice, and call kernels.
+``distributed`` workers can run them. They read pixels, slice and call kernels; where their
+results go is the handover's business (:mod:`outlier_dask.engine.handover`), which gives them
+the object to write into or read from. Each takes the numbers its kernels need
+(:class:`DrizzleSettings`, :class:`FlagSettings`), not the run's whole parameter set.
 """
 
 from __future__ import annotations
@@ -13,13 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from outlier_dask.engine.plan import BlockPlan, GroupPlan, Window
-from outlier_dask.engine.shared import SharedArray
-from outlier_dask.engine.stores import ScratchStore, write_region
+from outlier_dask.engine.plan import BlockPlan, GroupPlan
 from outlier_dask.geometry.pixel_map import PixelMap
+from outlier_dask.geometry.windows import Window
 from outlier_dask.io.members import PixelSource
 from outlier_dask.kernels.flags import flag_resampled_outliers, flag_unresampled_outliers
-from outlier_dask.kernels.median import nanmedian_stack
 from outlier_dask.kernels.resample import (
     DrizzleInput,
     blot_bilinear,
@@ -31,23 +32,75 @@ from outlier_dask.kernels.weights import drizzle_weight_map, mask_low_weight, we
 from outlier_dask.parameters import OutlierParameters
 
 __all__ = [
+    "BlockResult",
+    "DrizzleSettings",
+    "FlagSettings",
     "GroupMosaic",
-    "GroupTiles",
+    "GroupOutcome",
+    "InputOutcome",
+    "MedianCutout",
     "MemberTaskInfo",
     "blot_and_flag_block",
-    "MemberOutcome",
     "build_group_mosaic",
-    "finish_member",
-    "flag_member",
-    "masked_group_tiles",
-    "median_into",
-    "median_of_tile",
-    "mosaic_into_stack",
-    "mosaic_into_store",
+    "drizzle_group",
+    "flag_input",
     "outside_value",
-    "store_stack_block",
-    "tile_of_region",
 ]
+
+
+@dataclass(frozen=True)
+class DrizzleSettings:
+    """What a group task needs: the weight map, drizzle and ``maskpt`` parameters."""
+
+    resample: bool
+    weight_type: str
+    good_bits: str
+    kernel: str
+    pixfrac: float
+    fillval: str
+    maskpt: float
+
+    @classmethod
+    def from_parameters(cls, params: OutlierParameters) -> DrizzleSettings:
+        """The drizzle settings of a run's parameters."""
+        return cls(
+            params.resample_data,
+            params.weight_type,
+            params.good_bits,
+            params.kernel,
+            params.pixfrac,
+            params.fillval,
+            params.maskpt,
+        )
+
+    @property
+    def fill(self) -> float:
+        """The number mosaic pixels without weight hold (NaN for ``NAN``/``INDEF``)."""
+        return fill_value_number(self.fillval)
+
+
+@dataclass(frozen=True)
+class FlagSettings:
+    """What a blot-and-compare task needs: the flag rule's parameters."""
+
+    resample: bool
+    snr: tuple[float, float]
+    scale: tuple[float, float]
+    backg: float
+
+    @classmethod
+    def from_parameters(cls, params: OutlierParameters) -> FlagSettings:
+        """The flag-rule settings of a run's parameters."""
+        return cls(params.resample_data, params.snr_pair, params.scale_pair, params.backg)
+
+
+def outside_value(threshold: float, fill: float) -> float:
+    """What a group's masked mosaic holds beyond its region (the one place of this rule).
+
+    There the weight is 0 and the reference's full-grid mosaic holds the fill value, which the
+    weight mask hides (NaN) when the group's threshold is above 0.
+    """
+    return np.nan if threshold > 0 else fill
 
 
 @dataclass(frozen=True)
@@ -71,7 +124,7 @@ class GroupMosaic:
     region : Window
         ``((y0, y1), (x0, x1))`` in grid pixels.
     data : ndarray, shape (ry, rx), float32
-        Drizzled values (fill value where no weight), before the weight mask.
+        Drizzled values (fill value where no weight), before the weight mask, in SCI units.
     weight : ndarray, shape (ry, rx), float32
         Drizzle weight.
     threshold : float
@@ -88,301 +141,125 @@ class GroupMosaic:
         return mask_low_weight(self.data, self.weight, self.threshold)
 
 
-def _weights(info: MemberTaskInfo, params: OutlierParameters, window: Window | None = None):
-    if params.weight_type == "ivm":
-        dq, rnoise = info.source.read_all(("DQ", "VAR_RNOISE"), window)
+def _weights(info: MemberTaskInfo, settings: DrizzleSettings) -> np.ndarray:
+    if settings.weight_type == "ivm":
+        dq, rnoise = info.source.read_all(("DQ", "VAR_RNOISE"))
     else:
-        dq, rnoise = info.source.read("DQ", window), None
+        dq, rnoise = info.source.read("DQ"), None
     return drizzle_weight_map(
         dq,
         rnoise,
-        weight_type=params.weight_type,
+        weight_type=settings.weight_type,
         exposure_time=info.weight_time,
-        good_bits=params.good_bits,
+        good_bits=settings.good_bits,
     )
 
 
 def _drizzle_input(
-    info: MemberTaskInfo, params: OutlierParameters, origin: tuple[int, int]
+    info: MemberTaskInfo, settings: DrizzleSettings, origin: tuple[int, int]
 ) -> DrizzleInput:
-    """One member's arrays and its pixel map counted from ``origin`` ``(y0, x0)``, the
-    region's first pixel."""
+    """One member's arrays, its pixel map counted from ``origin`` ``(y0, x0)`` of the region."""
     sci = info.source.read("SCI")
     if info.background_level is not None:
         sci -= np.float32(info.background_level)
     ny, nx = info.shape
     return DrizzleInput(
         data=sci,
-        weight=_weights(info, params),
+        weight=_weights(info, settings),
         pixmap=info.pixel_map.evaluate((0, ny), (0, nx), origin),
         exposure_time=info.exposure_time,
     )
 
 
 def build_group_mosaic(
-    group: GroupPlan, infos: list[MemberTaskInfo], params: OutlierParameters
+    group: GroupPlan, infos: list[MemberTaskInfo], settings: DrizzleSettings
 ) -> GroupMosaic:
     """Drizzle one exposure group onto its region and find its weight threshold.
 
-    With ``resample_data=False`` the "group" is one input, its "mosaic" the input itself and
-    its weight map the drizzle weight map, as in the reference.
+    Without resampling the "group" is one input, its "mosaic" the input itself and its weight
+    map the drizzle weight map, as in the reference.
     """
     (y0, y1), (x0, x1) = group.region
-    if not params.resample_data:
+    if not settings.resample:
         (info,) = infos
         data = info.source.read("SCI")
-        weight = _weights(info, params)
+        weight = _weights(info, settings)
     else:
         data, weight = drizzle_onto_region(
             # Members loaded one at a time: a group task holds one input's arrays at once.
-            (_drizzle_input(info, params, (y0, x0)) for info in infos),
+            (_drizzle_input(info, settings, (y0, x0)) for info in infos),
             (y1 - y0, x1 - x0),
-            kernel=params.kernel,
-            pixfrac=params.pixfrac,
-            fillval=params.fillval,
+            kernel=settings.kernel,
+            pixfrac=settings.pixfrac,
+            fillval=settings.fillval,
         )
-    threshold = weight_threshold(weight, params.maskpt)
+    threshold = weight_threshold(weight, settings.maskpt)
     return GroupMosaic(group.region, data, weight, float(threshold))
 
 
 @dataclass
-class GroupTiles:
-    """A group's masked mosaic cut into the grid's tiles (only the tiles it touches).
+class GroupOutcome:
+    """What a group task leaves for the median stage.
 
     Attributes
     ----------
-    tiles : dict of (int, int) to ndarray, each (ty, tx) float32
-        Masked mosaic values by tile index (row, column).
-    outside : float
-        Value of the masked mosaic where the group's region does not reach: the fill value,
-        or NaN when the weight mask hides zero-weight pixels (threshold above 0).
     threshold : float
         The group's weight threshold.
+    outside : float
+        What its masked mosaic holds beyond the window its planes hold (:func:`outside_value`).
+    written : Window or None
+        Where the group's plane holds its masked mosaic (None: nowhere).
+    tiles : dict of (int, int) to ndarray, or None
+        The plane's tiles by tile index, when the task's result is where they live (a
+        cluster's worker memory); None when they were written elsewhere.
     mosaic : GroupMosaic or None
         The unmasked mosaic and its weight, kept for intermediate products.
     """
 
-    tiles: dict[tuple[int, int], np.ndarray]
-    outside: float
     threshold: float
+    outside: float
+    written: Window | None
+    tiles: dict[tuple[int, int], np.ndarray] | None
     mosaic: GroupMosaic | None
 
 
-def masked_group_tiles(
+def drizzle_group(
     group: GroupPlan,
     infos: list[MemberTaskInfo],
-    params: OutlierParameters,
-    grid_shape: tuple[int, int],
-    tile_shape: tuple[int, int],
-    keep_mosaic: bool,
-) -> GroupTiles:
-    """Build a group's mosaic, mask it by weight and cut it into tiles, all in the worker.
-
-    Only masked tiles travel back, half of what the mosaic and weight together would be.
-    """
-    mosaic = build_group_mosaic(group, infos, params)
-    masked = mosaic.masked()
-    (y0, y1), (x0, x1) = mosaic.region
-    ty, tx = tile_shape
-    tiles = {}
-    for i in range(y0 // ty, -(-y1 // ty)):
-        for j in range(x0 // tx, -(-x1 // tx)):
-            window = (
-                (i * ty, min((i + 1) * ty, grid_shape[0])),
-                (j * tx, min((j + 1) * tx, grid_shape[1])),
-            )
-            tiles[(i, j)] = tile_of_region(mosaic.region, masked, window, np.nan)
-    outside = outside_value(mosaic.threshold, params)
-    if not np.isnan(outside):
-        for (i, j), tile in tiles.items():
-            window = ((i * ty, i * ty + tile.shape[0]), (j * tx, j * tx + tile.shape[1]))
-            tile[_outside_region(mosaic.region, window)] = outside
-    return GroupTiles(tiles, float(outside), mosaic.threshold, mosaic if keep_mosaic else None)
-
-
-def outside_value(threshold: float, params: OutlierParameters) -> float:
-    """What a group's masked mosaic holds beyond its region.
-
-    There the weight is 0 and the reference's full-grid mosaic holds the fill value, which
-    the weight mask hides (NaN) when the group's threshold is above 0.
-    """
-    return np.nan if threshold > 0 else fill_of(params)
-
-
-def mosaic_into_stack(
-    group: GroupPlan,
-    infos: list[MemberTaskInfo],
-    params: OutlierParameters,
-    stack: SharedArray,
-    index: int,
-    box: Window | None,
-    keep_mosaic: bool,
-) -> tuple[float, GroupMosaic | None]:
-    """Build a group's mosaic, mask it by weight, and write it into plane ``index`` of ``stack``.
-
-    Parameters
-    ----------
-    stack : SharedArray, shape (n_groups, ny, nx), float32
-        The masked stack, shared with the run's process.
-    box : Window or None
-        The whole tiles holding the group's region (see
-        :func:`~outlier_dask.engine.plan.tiles_covering`). Only they are written: the region
-        gets the masked mosaic, the rest of the box what the reference's full-grid mosaic
-        holds beyond the region (:func:`outside_value`). Tiles outside the box are never
-        touched, so they cost no memory; the median stage uses the outside value there.
-
-    Returns
-    -------
-    threshold : float
-        The group's weight threshold.
-    mosaic : GroupMosaic or None
-        The unmasked mosaic and its weight, if ``keep_mosaic``.
-    """
-    mosaic = build_group_mosaic(group, infos, params)
-    if box is None:
-        return mosaic.threshold, mosaic if keep_mosaic else None
-    (b0, b1), (c0, c1) = box
-    plane = stack.view()[index, b0:b1, c0:c1]
-    (y0, y1), (x0, x1) = mosaic.region
-    y0, y1, x0, x1 = y0 - b0, y1 - b0, x0 - c0, x1 - c0
-    outside = outside_value(mosaic.threshold, params)
-    plane[:y0] = outside
-    plane[y1:] = outside
-    plane[y0:y1, :x0] = outside
-    plane[y0:y1, x1:] = outside
-    mask_low_weight(mosaic.data, mosaic.weight, mosaic.threshold, out=plane[y0:y1, x0:x1])
-    return mosaic.threshold, mosaic if keep_mosaic else None
-
-
-def _stack_block(
-    stack: SharedArray, window: Window, planes: tuple[tuple[Window | None, float], ...]
-) -> np.ndarray:
-    """A (n_groups, ty, tx) block of the shared stack; groups whose tiles do not include
-    ``window`` hold their outside value there."""
-    (y0, y1), (x0, x1) = window
-    view = stack.view()
-    block = np.empty((len(planes), y1 - y0, x1 - x0), dtype=np.float32)
-    for g, (box, value) in enumerate(planes):
-        if box is not None and _contains(box, window):
-            block[g] = view[g, y0:y1, x0:x1]
-        else:
-            block[g] = value
-    return block
-
-
-def _contains(outer: Window, inner: Window) -> bool:
-    (a0, a1), (b0, b1) = outer
-    (c0, c1), (d0, d1) = inner
-    return a0 <= c0 and c1 <= a1 and b0 <= d0 and d1 <= b1
-
-
-def median_into(
-    median: SharedArray,
-    window: Window,
-    stack: SharedArray | None = None,
-    store: ScratchStore | None = None,
-    outside: tuple[tuple[Window | None, float], ...] = (),
-) -> None:
-    """NaN-median over groups of one tile of the stack, written into the shared median.
-
-    The masked stack is either shared (groups' planes written only on their tiles) or the
-    ``data`` array of an out-of-core run's store, completed by :func:`store_stack_block`.
-
-    Parameters
-    ----------
-    median : SharedArray, shape (ny, nx), float32
-    window : Window
-        ``((y0, y1), (x0, x1))``: one tile of the grid.
-    stack : SharedArray, shape (n_groups, ny, nx), float32, optional
-    store : ScratchStore, optional
-    outside : tuple of (Window or None, float)
-        Per group, :func:`outside_value` and where it does not apply: the whole tiles
-        written (with ``stack``) or the region (with ``store``).
-    """
-    (y0, y1), (x0, x1) = window
-    if stack is not None:
-        block = _stack_block(stack, window, outside)
-    else:
-        block = store_stack_block(store.array("data")[:, y0:y1, x0:x1], window, outside)
-    median.view()[y0:y1, x0:x1] = nanmedian_stack(block)
-
-
-def mosaic_into_store(
-    group: GroupPlan,
-    infos: list[MemberTaskInfo],
-    params: OutlierParameters,
-    store: ScratchStore,
+    settings: DrizzleSettings,
+    planes: Any,
     index: int,
     keep_mosaic: bool,
-) -> float:
-    """Build a group's mosaic, mask it by weight and write its region into the store.
+) -> GroupOutcome:
+    """Build a group's mosaic, mask it by weight, and put it into plane ``index``.
 
-    Only the masked region is written (``data``, NaN elsewhere); the unmasked mosaic and its
-    weight go to ``mosaic`` and ``weight`` only when kept for intermediate products. Returns
-    the group's weight threshold.
+    ``planes`` is the handover's stack (:mod:`outlier_dask.engine.handover`): its
+    ``write(index, region, masked, outside)`` returns the window written and, where the
+    result itself holds them, the plane's tiles.
     """
-    mosaic = build_group_mosaic(group, infos, params)
-    write_region(store, "data", index, mosaic.region, mosaic.masked())
-    if keep_mosaic:
-        write_region(store, "mosaic", index, mosaic.region, mosaic.data)
-        write_region(store, "weight", index, mosaic.region, mosaic.weight)
-    return mosaic.threshold
+    mosaic = build_group_mosaic(group, infos, settings)
+    outside = outside_value(mosaic.threshold, settings.fill)
+    written, tiles = planes.write(index, mosaic.region, mosaic.masked(), outside)
+    return GroupOutcome(mosaic.threshold, outside, written, tiles, mosaic if keep_mosaic else None)
 
 
-def store_stack_block(
-    block: np.ndarray, window: Window, outside: tuple[tuple[Window, float], ...]
-) -> np.ndarray:
-    """Complete a block of the stored masked stack beyond each group's region.
+@dataclass(frozen=True)
+class MedianCutout:
+    """The median over a block's cut-out, or the whole median with the cut-out to use.
 
-    The store holds NaN wherever a group wrote nothing; a group whose :func:`outside_value`
-    is a number (the fill value) gets that number there instead.
-
-    Parameters
+    Attributes
     ----------
-    block : ndarray, shape (n_groups, ty, tx), float32
-        The stored ``data`` over ``window`` (modified in place and returned).
+    values : ndarray, float32
+        The median over ``window``, shape of ``window``; or the whole median (``whole``).
     window : Window
-        ``((y0, y1), (x0, x1))`` of the grid.
-    outside : tuple of (Window, float)
-        Per group, its region and outside value.
+        Rectangle of the median grid the block maps into.
+    whole : bool
+        ``values`` is the whole median grid (shared on one host): the compiled blot reads it.
     """
-    for plane, (region, value) in zip(block, outside, strict=True):
-        if not np.isnan(value):
-            plane[_outside_region(region, window)] = value
-    return block
 
-
-def _outside_region(region: Window, window: Window) -> np.ndarray:
-    """Bool (rows, cols) of ``window``: its pixels outside ``region``."""
-    (y0, y1), (x0, x1) = region
-    rows = np.arange(*window[0])
-    cols = np.arange(*window[1])
-    inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
-    return ~inside
-
-
-def tile_of_region(region: Window, values: np.ndarray, tile: Window, fill: float) -> np.ndarray:
-    """The part of a region's array that falls in a grid tile, ``fill`` elsewhere.
-
-    Returns
-    -------
-    ndarray, shape (tile rows, tile cols), same dtype as ``values``
-    """
-    (ty0, ty1), (tx0, tx1) = tile
-    (ry0, ry1), (rx0, rx1) = region
-    out = np.full((ty1 - ty0, tx1 - tx0), fill, dtype=values.dtype)
-    y0, y1 = max(ty0, ry0), min(ty1, ry1)
-    x0, x1 = max(tx0, rx0), min(tx1, rx1)
-    if y0 < y1 and x0 < x1:
-        out[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0] = values[
-            y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0
-        ]
-    return out
-
-
-def median_of_tile(stack: np.ndarray) -> np.ndarray:
-    """NaN-median over groups of one tile: (n_groups, ty, tx) float32 -> (ty, tx) float32."""
-    return nanmedian_stack(stack)
+    values: np.ndarray
+    window: Window
+    whole: bool = False
 
 
 @dataclass
@@ -400,12 +277,30 @@ class BlockResult:
     n_covered: int = 0
 
 
+def _reference_of_block(
+    block: BlockPlan, info: MemberTaskInfo, median: MedianCutout | None, grid_shape, resample
+) -> np.ndarray:
+    """The median as seen by the block's pixels (blotted, or the cut-out itself)."""
+    (r0, r1), (c0, c1) = block.outer
+    if median is None:
+        return np.full((r1 - r0, c1 - c0), np.nan, dtype=np.float32)
+    if not resample:
+        if median.whole:
+            return median.values[r0:r1, c0:c1]
+        return median.values
+    pixmap = info.pixel_map.evaluate((r0, r1), (c0, c1))
+    if median.whole:
+        return blot_from_whole_median(median.values, pixmap)
+    (my0, _), (mx0, _) = median.window
+    return blot_bilinear(median.values, (my0, mx0), grid_shape, pixmap)
+
+
 def blot_and_flag_block(
     block: BlockPlan,
     info: MemberTaskInfo,
-    median: np.ndarray | SharedArray | None,
+    median: MedianCutout | None,
     grid_shape: tuple[int, int],
-    params: OutlierParameters,
+    settings: FlagSettings,
     keep_blot: bool = False,
 ) -> BlockResult:
     """Blot the median onto one block of an input and flag its outliers.
@@ -416,13 +311,11 @@ def blot_and_flag_block(
         The block, with its halo (``outer``) and median cut-out rectangle.
     info : MemberTaskInfo
         The input.
-    median : ndarray, SharedArray or None
-        The median over ``block.cutout`` (ndarray of that shape, float32), or the whole
-        median shared with this process (SharedArray), or None (the block maps off the
-        median).
+    median : MedianCutout or None
+        The median the block maps into (None: the block maps off the median).
     grid_shape : (int, int)
         Shape of the whole median.
-    params : OutlierParameters
+    settings : FlagSettings
         Flag-rule parameters.
     keep_blot : bool
         Also return the blotted median of the inner pixels.
@@ -432,34 +325,20 @@ def blot_and_flag_block(
     BlockResult
         ``mask`` has the shape of ``block.inner`` (bool).
     """
-    (r0, r1), (c0, c1) = block.outer
+    (r0, _), (c0, _) = block.outer
     (i0, i1), (j0, j1) = block.inner
     inner = (slice(i0 - r0, i1 - r0), slice(j0 - c0, j1 - c0))
     sci, err = info.source.read_all(("SCI", "ERR"), block.outer)
     if err is None:
         err = np.zeros_like(sci)
-    if median is None or block.cutout is None:
-        reference = np.full(sci.shape, np.nan, dtype=np.float32)
-    elif isinstance(median, SharedArray):
-        whole = median.view()
-        if params.resample_data:
-            pixmap = info.pixel_map.evaluate((r0, r1), (c0, c1))
-            reference = blot_from_whole_median(whole, pixmap)
-        else:
-            reference = whole[r0:r1, c0:c1]
-    elif params.resample_data:
-        pixmap = info.pixel_map.evaluate((r0, r1), (c0, c1))
-        (my0, _), (mx0, _) = block.cutout
-        reference = blot_bilinear(median, (my0, mx0), grid_shape, pixmap)
-    else:
-        reference = median
-    if params.resample_data:
-        backg = params.backg if info.background_level is None else info.background_level
+    reference = _reference_of_block(block, info, median, grid_shape, settings.resample)
+    if settings.resample:
+        backg = settings.backg if info.background_level is None else info.background_level
         mask = flag_resampled_outliers(
-            sci, err, reference, snr=params.snr_pair, scale=params.scale_pair, backg=backg
+            sci, err, reference, snr=settings.snr, scale=settings.scale, backg=backg
         )
     else:
-        mask = flag_unresampled_outliers(sci, err, reference, snr1=params.snr_pair[0])
+        mask = flag_unresampled_outliers(sci, err, reference, snr1=settings.snr[0])
     blot = reference[inner].copy() if keep_blot else None
     n_valid = int(np.count_nonzero(np.isfinite(sci[inner])))
     n_covered = int(np.count_nonzero(np.isfinite(reference[inner])))
@@ -467,7 +346,7 @@ def blot_and_flag_block(
 
 
 @dataclass
-class MemberOutcome:
+class InputOutcome:
     """One input's result: counts for the report, and the mask and blot if kept.
 
     Attributes
@@ -488,56 +367,54 @@ class MemberOutcome:
     write_seconds: float = 0.0
 
 
-def finish_member(
-    shape: tuple[int, int],
-    results: list[BlockResult],
+def flag_input(
+    info: MemberTaskInfo,
+    blocks: list[BlockPlan],
+    medians: list[Any],
+    grid_shape: tuple[int, int],
+    settings: FlagSettings,
     writer: Callable[[np.ndarray], Any] | None,
     keep_mask: bool,
     keep_blot: bool,
-) -> MemberOutcome:
-    """Assemble one input's blocks into its mask (and blot), hand the mask to ``writer``."""
-    mask = np.zeros(shape, dtype=bool)
-    blot = np.full(shape, np.nan, dtype=np.float32) if keep_blot else None
-    for result in results:
-        (r0, r1), (c0, c1) = result.block.inner
+) -> InputOutcome:
+    """Blot and flag every block of one input, assemble its mask, hand it to ``writer``.
+
+    The blocks run one after the other (a block's memory at a time) and no block mask leaves
+    the task.
+
+    Parameters
+    ----------
+    medians : list
+        Per block, where its median is (see :mod:`outlier_dask.engine.handover`): an object
+        whose ``cutout(block)`` returns a :class:`MedianCutout` (shared memory, a store), the
+        median over ``block.cutout`` itself (ndarray, float32: a cluster's median arrives as
+        the task's input), or None (the block maps off the median).
+    writer : callable or None
+        ``writer(mask)`` writes the input's product (file inputs).
+    """
+    mask = np.zeros(info.shape, dtype=bool)
+    blot = np.full(info.shape, np.nan, dtype=np.float32) if keep_blot else None
+    valid = covered = 0
+    for block, source in zip(blocks, medians, strict=True):
+        if isinstance(source, np.ndarray):
+            median = MedianCutout(source, block.cutout)
+        else:
+            median = None if source is None else source.cutout(block)
+        result = blot_and_flag_block(block, info, median, grid_shape, settings, keep_blot)
+        (r0, r1), (c0, c1) = block.inner
         mask[r0:r1, c0:c1] = result.mask
         if blot is not None:
             blot[r0:r1, c0:c1] = result.blot
+        valid += result.n_valid
+        covered += result.n_covered
     started = time.perf_counter()
     if writer is not None:
         writer(mask)
-    return MemberOutcome(
+    return InputOutcome(
         flagged=int(np.count_nonzero(mask)),
-        valid=sum(r.n_valid for r in results),
-        covered=sum(r.n_covered for r in results),
+        valid=valid,
+        covered=covered,
         mask=mask if keep_mask else None,
         blot=blot,
         write_seconds=time.perf_counter() - started if writer is not None else 0.0,
     )
-
-
-def flag_member(
-    shape: tuple[int, int],
-    blocks: list[BlockPlan],
-    info: MemberTaskInfo,
-    median: SharedArray,
-    grid_shape: tuple[int, int],
-    params: OutlierParameters,
-    writer: Callable[[np.ndarray], Any] | None,
-    keep_mask: bool,
-    keep_blot: bool,
-) -> MemberOutcome:
-    """Blot and flag every block of one input against the shared median, then finish it.
-
-    One task per input on local schedulers: its blocks run one after the other (a block's
-    memory at a time), and no block mask travels between processes.
-    """
-    results = [
-        blot_and_flag_block(block, info, median, grid_shape, params, keep_blot) for block in blocks
-    ]
-    return finish_member(shape, results, writer, keep_mask, keep_blot)
-
-
-def fill_of(params: OutlierParameters) -> float:
-    """The number mosaic pixels without weight hold."""
-    return fill_value_number(params.fillval)

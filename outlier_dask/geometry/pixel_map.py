@@ -125,15 +125,25 @@ class TensorSpline:
         """
         ncy, ncx, _ = self.coefficients.shape
         k = self.degree
+        # Arrays unpickled from a cluster's network frames may be unaligned, which scipy's
+        # spline evaluation refuses: ``_aligned`` copies them only then.
+        coefficients = _aligned(self.coefficients)
         # Along columns first: for each coarse row's coefficients, the value at every column.
         by_column = BSpline(
-            self.col_knots, self.coefficients.transpose(1, 0, 2).reshape(ncx, 2 * ncy), k
+            _aligned(self.col_knots), coefficients.transpose(1, 0, 2).reshape(ncx, 2 * ncy), k
         )(cols)
         per_row = by_column.reshape(cols.size, ncy, 2).transpose(1, 0, 2)
         if origin != (0.0, 0.0):
             per_row = per_row - np.array(origin)
         per_row = per_row.reshape(ncy, -1)
-        return BSpline(self.row_knots, per_row, k)(rows).reshape(rows.size, cols.size, 2)
+        return BSpline(_aligned(self.row_knots), np.ascontiguousarray(per_row), k)(rows).reshape(
+            rows.size, cols.size, 2
+        )
+
+
+def _aligned(values: np.ndarray) -> np.ndarray:
+    """``values`` as an aligned, C-contiguous float64 array (a copy only if it is not)."""
+    return np.require(values, np.float64, ("C", "A"))
 
 
 @dataclass

@@ -7,7 +7,6 @@ task needs (FITS files are memory-mapped), so process workers exchange file name
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +17,8 @@ import asdf
 import gwcs
 import numpy as np
 from astropy.io import fits
-from stdatamodels.fits_support import fits_hash
 from stdatamodels.jwst import datamodels
 
-from outlier_dask.io.asdf_extensions import load_asdf_extensions
 from outlier_dask.io.association import (
     AssociationError,
     AssociationMember,
@@ -251,7 +248,7 @@ def _positive_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class _Fields:
-    """What one input's metadata says, from a datamodel or straight from its file's ASDF tree.
+    """What one input's datamodel says about it.
 
     Values are as stored (unchecked); :func:`_member_from_fields` checks them.
     """
@@ -286,26 +283,6 @@ def _fields_of_model(model: datamodels.ImageModel, label: str) -> _Fields:
         background_subtracted=meta.background.subtracted,
         filename=meta.filename,
         rnoise_shape=None if rnoise is None else tuple(np.shape(rnoise)),
-    )
-
-
-def _fields_of_tree(tree: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> _Fields:
-    """The fields of an unedited file's ASDF tree (see :func:`_unedited_tree`)."""
-    meta = tree.get("meta") or {}
-    exposure = meta.get("exposure") or {}
-    background = meta.get("background") or {}
-    return _Fields(
-        wcs=meta.get("wcs"),
-        shape=shapes.get("SCI", ()),
-        exposure_time=exposure.get("exposure_time"),
-        measurement_time=exposure.get("measurement_time"),
-        wcsinfo=dict(meta.get("wcsinfo") or {}),
-        group_id=meta.get("group_id"),
-        observation=dict(meta.get("observation") or {}),
-        background_level=background.get("level"),
-        background_subtracted=background.get("subtracted"),
-        filename=meta.get("filename"),
-        rnoise_shape=shapes.get("VAR_RNOISE"),
     )
 
 
@@ -367,31 +344,11 @@ def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
     """
     # asdf's schema validation of each whole tree on read is a fifth of the metadata time,
     # and stdatamodels only warns on what it finds; the fields this step uses are checked in
-    # _member_from_model. The context copies asdf's extensions, loaded beforehand.
-    load_asdf_extensions()
+    # _member_from_fields. asdf.config_context changes asdf's configuration for this thread
+    # and this block only.
     with asdf.config_context() as config:
         config.validate_on_read = False
         return [_member_from_file(entry, index) for index, entry in enumerate(entries)]
-
-
-def _unedited_tree(hdul: fits.HDUList) -> dict[str, Any] | None:
-    """The file's ASDF tree, if its headers are still those the tree was written with.
-
-    stdatamodels then uses the tree as it is (the FITS keywords are skipped), so reading the
-    tree with asdf alone gives the same metadata without building the datamodel, its schema
-    and its arrays (a fifth of the metadata time). A file whose headers were edited after it
-    was written (the hash stored in the tree differs) returns None: the datamodel then reads
-    the edited keywords, as it documents. So does a file this shortcut cannot read: the
-    datamodel then reads it, or names what is wrong with it.
-    """
-    try:
-        with asdf.open(io.BytesIO(hdul["ASDF"].data), lazy_load=True, memmap=False) as asdf_file:
-            tree = dict(asdf_file.tree)
-        stored = tree.get("_fits_hash")
-        unedited = stored is not None and stored == fits_hash(hdul)
-    except Exception:  # noqa: BLE001 - any failure here is left to the datamodel's reader
-        return None
-    return tree if unedited else None
 
 
 def _member_from_file(entry: AssociationMember, index: int) -> Member:
@@ -401,8 +358,8 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # Metadata only: a raw memory map reads the ASDF tree and array shapes, not
-            # the ~100 MB of pixels (unscaled DQ is never used from this model).
+            # Metadata only: a raw memory map reads the headers, the ASDF tree and the array
+            # shapes, not the ~100 MB of pixels (unscaled DQ is never used from this model).
             hdul = fits.open(entry.path, memmap=True, do_not_scale_image_data=True)
             if "ASDF" not in hdul:
                 raise AssociationError(
@@ -413,14 +370,13 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
             if kind != "ImageModel":
                 raise AssociationError(f"{label}: not a JWST image model ({kind})")
             shapes = _image_shapes(hdul)
-            tree = _unedited_tree(hdul)
-            if tree is not None:
-                fields = _fields_of_tree(tree, shapes)
-            else:
-                with datamodels.ImageModel(hdul) as model:
-                    fields = _fields_of_model(model, label)
+            # stdatamodels reads the tree and, where the headers were edited after it was
+            # written, the edited keywords, as it documents.
+            with datamodels.ImageModel(hdul) as model:
+                fields = _fields_of_model(model, label)
     except AssociationError:
-        hdul.close()
+        if hdul is not None:
+            hdul.close()
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad member
         if hdul is not None:

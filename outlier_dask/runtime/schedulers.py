@@ -1,7 +1,7 @@
 """Choosing and starting the scheduler that runs the engine's graphs.
 
 ``processes`` is the default because the compiled drizzle holds the GIL: a pool of worker
-processes (started once per run from a fork server that has already imported the engine) runs
+processes (forked once per run from this process, which has already imported the engine) runs
 every stage. ``threads`` and ``synchronous`` run in this process; ``local-cluster`` starts a
 ``distributed.LocalCluster``; an address connects to a running scheduler; a ``Client`` passed
 from Python is used as it is.
@@ -26,31 +26,19 @@ import dask
 import dask.local
 import dask.multiprocessing
 import dask.threaded
-import numpy as np
 
+from outlier_dask.engine.budget import default_workers
+from outlier_dask.engine.handover import LOCAL_SCHEDULERS
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
 
 __all__ = [
-    "LOCAL_SCHEDULERS",
     "Runner",
     "client_ssl_context",
-    "default_workers",
     "resolve_security",
     "start_runner",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Schedulers whose workers are this process or forked from it, so they share its memory.
-LOCAL_SCHEDULERS = ("processes", "threads", "synchronous")
-
-
-def default_workers() -> int:
-    """Workers to use when the user does not say: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -71,6 +59,14 @@ class Runner:
     client: Any = None
     #: ``progress(stage, runner) -> context manager`` shown around each stage's computation
     progress: Callable[[str, Runner], contextlib.AbstractContextManager] | None = None
+
+    def persist(self, *collections: Any, stage: str = "compute") -> tuple:
+        """Compute dask collections and keep their values where they were computed (a
+        cluster's workers; this process for local schedulers)."""
+        if self.progress is None:
+            return dask.persist(*collections, **self._options)
+        with self.progress(stage, self):
+            return dask.persist(*collections, **self._options)
 
     def compute(self, *collections: Any, stage: str = "compute") -> tuple:
         """Compute dask collections (delayed objects, arrays) and return their values.
@@ -139,51 +135,25 @@ def _started_thread_pool(n: int) -> Iterator[multiprocessing.pool.ThreadPool]:
     pool.join()
 
 
-def _worker_ready() -> int:
-    return os.getpid()
-
-
 #: Linux ``prctl`` option: the signal a process gets when its parent ends.
 _PR_SET_PDEATHSIG = 1
 
 
-#: glibc ``mallopt`` options (malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-#: Heap kept beyond the top allocation, so a task's arrays reuse the previous task's pages.
-_WORKER_TOP_PAD_BYTES = 256 * 2**20
-
-
-def _keep_freed_memory() -> None:
-    """Let a worker's large arrays reuse freed heap pages instead of fresh mappings.
-
-    glibc serves every array above 32 MiB from a new ``mmap`` and returns it on ``free``, so
-    each task pays page faults and zeroing for every pixel map, mosaic and product array
-    (a third of a run's CPU time was system time). Workers live for one run, so they keep
-    what they freed; their peak memory is unchanged.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-        libc.mallopt(_M_TOP_PAD, _WORKER_TOP_PAD_BYTES)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
 def _init_worker(parent: int) -> None:
-    """Pool-worker initializer: see :func:`_die_with_parent` and :func:`_keep_freed_memory`."""
-    _keep_freed_memory()
-    # numpy asks for transparent huge pages for large arrays; faulting in a worker's first
-    # few hundred MB that way cost 0.4 s of system time per worker (0.15 s with normal
-    # pages), and the streaming kernels here gain nothing from them.
-    set_hugepage = getattr(np._core.multiarray, "_set_madvise_hugepage", None)
-    if set_hugepage is not None:
-        set_hugepage(False)
+    """Pool-worker initializer: signals as a worker needs them, and :func:`_die_with_parent`.
+
+    A worker inherits the run's signal handlers (``runtime/signals.py``), which Python runs
+    only between bytecodes, not while a compiled kernel runs. The pool is stopped by the run's
+    process, so a worker ignores Ctrl-C (sent to the whole foreground process group) and ends
+    at once on SIGTERM, as :func:`_terminate` expects.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent)
 
 
 def _die_with_parent(parent: int) -> None:
-    """Pool-worker initializer: end with the run's process, even if that is killed outright.
+    """End this worker with the run's process, even if that is killed outright.
 
     A killed parent (SIGKILL, the out-of-memory killer) cannot stop its pool, whose workers
     would wait for work forever. On Linux the kernel sends them SIGKILL instead.
@@ -196,6 +166,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _worker_ready() -> int:
+    return os.getpid()
+
+
 @contextlib.contextmanager
 def _started_process_pool(n: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of ``n`` forked workers, all started before this process starts any thread.
@@ -204,41 +178,38 @@ def _started_process_pool(n: int) -> Iterator[ProcessPoolExecutor]:
     script in the workers, so a script calling ``detect_outliers`` with this scheduler needs no
     ``__main__`` guard (``local-cluster`` starts processes the usual way and does need one).
     Workers are started at once, while this process has no helper threads (Zarr's event loop,
-    dask's thread pools) that a fork could copy in a locked state.
+    dask's thread pools) that a fork could copy in a locked state. A worker that dies (the
+    out-of-memory killer) ends the run with ``BrokenProcessPool`` rather than a hang.
+
+    After an error or interrupt the workers are terminated at once: waiting for the running
+    tasks (a drizzle can take minutes) would make Ctrl-C and SIGTERM slow. They are the
+    children this process gained while the pool started (:func:`multiprocessing.active_children`).
     """
-    context = multiprocessing.get_context("fork")
+    before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(
         max_workers=n,
-        mp_context=context,
+        mp_context=multiprocessing.get_context("fork"),
         initializer=_init_worker,
         initargs=(os.getpid(),),
     )
     try:
-        futures = [pool.submit(_worker_ready) for _ in range(n)]
-        for future in futures:
+        for future in [pool.submit(_worker_ready) for _ in range(n)]:
             future.result()
+        workers = [p for p in multiprocessing.active_children() if p not in before]
         yield pool
     except BaseException:
-        _terminate_workers(pool)
+        pool.shutdown(wait=False, cancel_futures=True)
+        _terminate(workers if "workers" in locals() else [])
         raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True)
 
 
 #: Seconds a terminated worker process gets to exit before it is killed.
 _WORKER_EXIT_TIMEOUT_S = 5.0
 
 
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool at once after an error or interrupt: drop queued tasks, end the workers.
-
-    ``shutdown(wait=True)`` alone would wait for every running task (a drizzle can take
-    minutes); terminating the workers makes Ctrl-C and SIGTERM prompt.
-    """
-    # ``_processes`` is the executor's map of worker processes (no public API before 3.14);
-    # ``shutdown`` forgets it, so it is read first.
-    workers = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
+def _terminate(workers: list[multiprocessing.process.BaseProcess]) -> None:
+    """Stop worker processes now: SIGTERM, then SIGKILL for any still alive after a while."""
     for process in workers:
         if process.is_alive():
             process.terminate()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
 import pytest
+from engine_runs import run_engine
 
-from outlier_dask.engine.plan import make_plan, tile_ranges
-from outlier_dask.engine.run import run_plan, shared_array_specs
+from outlier_dask.engine.handover import SHARED, STORE, WORKERS
+from outlier_dask.engine.plan import make_plan
 from outlier_dask.engine.shared import SharedArray, shared_arrays
-from outlier_dask.engine.stores import ScratchStore, scratch_directory
-from outlier_dask.engine.tasks import MemberTaskInfo, blot_and_flag_block
+from outlier_dask.engine.tasks import (
+    FlagSettings,
+    MedianCutout,
+    MemberTaskInfo,
+    blot_and_flag_block,
+)
+from outlier_dask.geometry.windows import tile_ranges
 from outlier_dask.io.members import members_from_models
 from outlier_dask.parameters import OutlierParameters
-from outlier_dask.runtime.schedulers import start_runner
 from outlier_dask.synthetic import make_models
 
 
@@ -25,19 +29,11 @@ def models():
     return models
 
 
-def _run(models, tmp_path=None, shared=False, **values):
-    """Run the engine; ``shared``: hand over in shared memory (as local schedulers do)."""
+def _run(models, tmp_path=None, kind=SHARED, **values):
+    """Run the engine with the stack and median handed over in ``kind``."""
     params = OutlierParameters(scheduler=values.pop("scheduler", "synchronous"), **values)
-    members = members_from_models(models)
-    plan = make_plan(members, "test", params)
-    with contextlib.ExitStack() as stack:
-        scratch = stack.enter_context(scratch_directory(str(tmp_path) if tmp_path else None))
-        store = None if params.in_memory else ScratchStore(str(scratch / "s.zarr"))
-        arrays = (
-            stack.enter_context(shared_arrays(shared_array_specs(plan, params))) if shared else None
-        )
-        with start_runner(params) as runner:
-            return plan, run_plan(plan, params, runner, store, shared=arrays)
+    plan = make_plan(members_from_models(models), "test", params)
+    return plan, run_engine(plan, params, tmp_path, kind)
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +46,20 @@ def test_reference_flags_something(reference):
     assert sum(int(m.sum()) for m in result.masks) > 20
 
 
-@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("kind", [SHARED, STORE, WORKERS])
 @pytest.mark.parametrize(
     ("tile_size", "block_size"), [(16, 16), (37, 23), (64, 7), (1000, 3), (5, 50)]
 )
-def test_masks_do_not_depend_on_tiles_or_blocks(models, reference, tile_size, block_size, shared):
-    """Cut-outs blotted in numpy (not shared) and the whole shared median blotted by the
-    compiled drizzle give the same blots and masks, whatever the tiles and blocks."""
+def test_masks_do_not_depend_on_tiles_or_blocks(
+    models, reference, tile_size, block_size, kind, tmp_path
+):
+    """Cut-outs blotted in numpy (store, workers) and the whole shared median blotted by the
+    compiled drizzle give the same medians, blots and masks, whatever the tiles and blocks."""
     _, expected = reference
     _, result = _run(
         models,
-        shared=shared,
+        tmp_path,
+        kind=kind,
         tile_size=tile_size,
         block_size=block_size,
         save_intermediate_results=True,
@@ -78,6 +77,7 @@ def test_blocks_smaller_than_the_halo(models, reference, block_size):
     plan, expected = reference
     member = plan.members[0]
     params = OutlierParameters(block_size=block_size)
+    settings = FlagSettings.from_parameters(params)
     small = make_plan(plan.members, "test", params)
     info = MemberTaskInfo(
         member.source,
@@ -94,20 +94,21 @@ def test_blocks_smaller_than_the_halo(models, reference, block_size):
         cutout = None
         if block.cutout is not None:
             (y0, y1), (x0, x1) = block.cutout
-            cutout = expected.median[y0:y1, x0:x1]
-        result = blot_and_flag_block(block, info, cutout, small.grid_shape, params)
+            cutout = MedianCutout(expected.median[y0:y1, x0:x1], block.cutout)
+        result = blot_and_flag_block(block, info, cutout, small.grid_shape, settings)
         (r0, r1), (c0, c1) = block.inner
         mask[r0:r1, c0:c1] = result.mask
     np.testing.assert_array_equal(mask, expected.masks[0])
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_on_disk_equals_in_memory(models, reference, tmp_path, shared):
+@pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
+def test_on_disk_equals_in_memory(models, reference, tmp_path, scheduler):
     _, expected = reference
     _, result = _run(
         models,
         tmp_path,
-        shared=shared,
+        kind=STORE,
+        scheduler=scheduler,
         in_memory=False,
         tile_size=48,
         save_intermediate_results=True,
@@ -121,18 +122,17 @@ def test_on_disk_equals_in_memory(models, reference, tmp_path, shared):
     assert list(tmp_path.iterdir()) == [], "scratch must be removed after the run"
 
 
-@pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("kind", [SHARED, STORE, WORKERS])
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
-def test_schedulers_agree(models, reference, scheduler, in_memory, shared, tmp_path):
-    """Forked workers write their mosaics and median rows into memory shared with the run."""
+def test_schedulers_agree(models, reference, scheduler, kind, tmp_path):
+    """Forked workers write their mosaics and median tiles into memory shared with the run,
+    or into the store, or return them as results; every way gives the same masks."""
     _, expected = reference
     _, result = _run(
         models,
         tmp_path,
-        shared=shared,
+        kind=kind,
         scheduler=scheduler,
-        in_memory=in_memory,
         n_workers=2,
         tile_size=48,
         block_size=40,
@@ -141,10 +141,10 @@ def test_schedulers_agree(models, reference, scheduler, in_memory, shared, tmp_p
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_without_resampling_blocks_agree(models, shared):
+@pytest.mark.parametrize("kind", [SHARED, STORE, WORKERS])
+def test_without_resampling_blocks_agree(models, kind, tmp_path):
     _, whole = _run(models, resample_data=False, block_size=4096)
-    _, blocked = _run(models, shared=shared, resample_data=False, block_size=9, tile_size=13)
+    _, blocked = _run(models, tmp_path, kind=kind, resample_data=False, block_size=9, tile_size=13)
     assert sum(int(m.sum()) for m in whole.masks) > 0
     for want, got in zip(whole.masks, blocked.masks, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -177,23 +177,20 @@ def sparse_models():
     return models
 
 
-@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("kind", [SHARED, STORE, WORKERS])
 @pytest.mark.parametrize(
     "values", [{}, {"fillval": "0", "maskpt": 0.0}], ids=["defaults", "fill-0-maskpt-0"]
 )
-def test_tiles_a_group_does_not_meet_hold_its_outside_value(
-    sparse_models, tmp_path, in_memory, values
-):
-    """Shared planes are written only on the tiles each group meets, and tiles no group meets
-    get no task; medians, blots and masks still equal the path that builds every tile."""
+def test_tiles_a_group_does_not_meet_hold_its_outside_value(sparse_models, tmp_path, kind, values):
+    """Planes hold a group's mosaic only on the tiles it meets, its outside value elsewhere;
+    medians, blots and masks equal a run whose tiles hold the whole grid."""
     plan, expected = _run(
-        sparse_models, tile_size=16, block_size=32, save_intermediate_results=True, **values
+        sparse_models, tile_size=4096, block_size=32, save_intermediate_results=True, **values
     )
     _, result = _run(
         sparse_models,
         tmp_path,
-        shared=True,
-        in_memory=in_memory,
+        kind=kind,
         tile_size=16,
         block_size=32,
         save_intermediate_results=True,

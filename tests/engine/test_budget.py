@@ -7,9 +7,16 @@ import logging
 
 import pytest
 
-from outlier_dask.engine.budget import MIN_TILE_PX, default_memory_limit, fit_to_budget
+from outlier_dask.engine.budget import (
+    MIN_TILE_PX,
+    default_memory_limit,
+    fit_to_budget,
+    plan_run,
+)
 from outlier_dask.engine.estimate import estimate_resources
-from outlier_dask.engine.plan import make_plan, tile_ranges
+from outlier_dask.engine.handover import SHARED, STORE, WORKERS
+from outlier_dask.engine.plan import make_plan
+from outlier_dask.geometry.windows import tile_ranges
 from outlier_dask.io.members import members_from_models
 from outlier_dask.parameters import OutlierParameters
 from outlier_dask.synthetic import make_models
@@ -42,7 +49,7 @@ def test_small_budget_moves_the_stack_to_disk_and_drops_workers(members, caplog)
     def peak(in_memory, workers):
         # The default scheduler (processes) shares the stack and median with its workers.
         return estimate_resources(
-            plan, in_memory=in_memory, n_workers=workers, processes=workers + 1, shared=True
+            plan, kind=SHARED if in_memory else STORE, n_workers=workers, processes=workers + 1
         ).peak_memory
 
     limit = peak(False, 1)
@@ -90,54 +97,54 @@ def test_decision_is_applied_to_plan_and_parameters(members):
     assert plan2.tile_shape == (decision.tile_size, decision.tile_size)
 
 
-def test_shared_memory_changes_what_the_estimate_holds(members):
-    """Shared: no mosaics or cut-outs in this process; out of core, the median is in memory."""
-    plan = make_plan(members, "budget", OutlierParameters())
+def test_each_handover_counts_what_it_holds(members):
+    """Shared memory and a cluster's workers hold the planes on the whole tiles each group's
+    region meets and the median; the store holds them on disk, in whole chunks."""
+    plan = make_plan(members, "budget", OutlierParameters(tile_size=256))
     grid = plan.grid_shape[0] * plan.grid_shape[1]
-
-    def parts(in_memory, shared):
-        return estimate_resources(plan, in_memory=in_memory, n_workers=2, shared=shared).parts
-
-    assert {"grouped mosaics", "median cut-outs"} <= set(parts(True, False))
-    assert not {"grouped mosaics", "median cut-outs"} & set(parts(True, True))
-    # Shared planes hold only the (whole) tiles their group's region meets.
     ty, tx = plan.tile_shape
-    met = 0
+    met = chunks = 0
     for group in plan.groups:
         (y0, y1), (x0, x1) = group.region
         rows = [r for r in tile_ranges(plan.grid_shape[0], ty) if r[0] < y1 and y0 < r[1]]
         cols = [c for c in tile_ranges(plan.grid_shape[1], tx) if c[0] < x1 and x0 < c[1]]
-        met += len(rows) * len(cols) * ty * tx
-    assert parts(True, False)["masked stack"] == 4 * plan.n_groups * grid
-    assert parts(True, True)["masked stack"] == 4 * met
-    assert "median" not in parts(False, False)
-    assert parts(False, True)["median"] == 4 * grid
+        met += sum(r1 - r0 for r0, r1 in rows) * sum(c1 - c0 for c0, c1 in cols)
+        chunks += len(rows) * len(cols) * ty * tx
+    for kind, where in ((SHARED, "shared memory"), (WORKERS, "worker memory")):
+        estimate = estimate_resources(plan, kind=kind, n_workers=2)
+        assert estimate.parts[f"masked stack ({where})"] == 4 * met
+        assert estimate.parts[f"median ({where})"] == 4 * grid
+        assert estimate.scratch_disk == 0
+    stored = estimate_resources(plan, kind=STORE, n_workers=2)
+    assert not any(name.endswith("memory)") for name in stored.parts)
+    whole_chunks = -(-plan.grid_shape[0] // ty) * ty * -(-plan.grid_shape[1] // tx) * tx
+    assert stored.scratch_disk == 4 * (chunks + whole_chunks) + 16 * 2**10
 
 
-def test_a_caller_client_is_budgeted_without_shared_memory(members, monkeypatch, tmp_path):
-    """With a distributed client, stages do not hand over in shared memory: the budget
-    counts the stack and median as they then travel, whatever ``scheduler`` says."""
+def test_a_caller_client_is_budgeted_as_a_cluster(members, monkeypatch):
+    """With a distributed client the stack and median stay on its workers, whatever
+    ``scheduler`` says: the run is planned with that handover."""
     from outlier_dask import api
 
     params = OutlierParameters(scheduler="processes", n_workers=2)
-    plan = make_plan(members, "budget", params)
-    local = fit_to_budget(plan, params)
-    remote = fit_to_budget(plan, params, shared=False)
-    assert local.estimate.peak_memory != remote.estimate.peak_memory
+    assert plan_run(members, "budget", params).budget.handover == SHARED
+    assert plan_run(members, "budget", params, client_given=True).budget.handover == WORKERS
+    stored = params.replace(in_memory=False)
+    assert plan_run(members, "budget", stored, client_given=True).budget.handover == STORE
 
     seen = []
 
     class StopBeforeWorkError(Exception):
         pass
 
-    def spy(plan, params, *, shared=None):
-        seen.append(shared)
+    def spy(members, product, params, *, client_given=False):
+        seen.append(client_given)
         raise StopBeforeWorkError
 
-    monkeypatch.setattr(api, "fit_to_budget", spy)
+    monkeypatch.setattr(api, "plan_run", spy)
     monkeypatch.setattr(api, "_check_before_work", lambda *args: None)
     models = [m.model for m in members]
     for client in (None, object()):
         with pytest.raises(StopBeforeWorkError):
             api.detect_outliers(models, client=client, scheduler="processes")
-    assert seen == [True, False]
+    assert seen == [False, True]

@@ -47,7 +47,7 @@ def no_heavy_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the plan was built although a check should have refused the run")
 
-    monkeypatch.setattr("outlier_dask.api.make_plan", refuse)
+    monkeypatch.setattr("outlier_dask.api.plan_run", refuse)
 
 
 def _run(inputs, **values):

@@ -164,29 +164,44 @@ def test_equals_numpy_property(stack):
     assert _bits_equal(nanmedian_stack(stack), _numpy_median(stack))
 
 
-@pytest.mark.parametrize("n", range(1, 13))
-def test_sorting_network_sorts_every_zero_one_input(n):
-    """By the 0-1 principle, a comparator network that sorts every 0/1 input sorts anything."""
-    from outlier_dask.kernels.median import sorting_network
-
-    network = sorting_network(n)
-    assert all(0 <= i < j < n for i, j in network)
-    inputs = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # every 0/1 vector, one per row
-    values = inputs.T.copy()
-    for i, j in network:
-        values[i], values[j] = np.minimum(values[i], values[j]), np.maximum(values[i], values[j])
-    np.testing.assert_array_equal(values.T, np.sort(inputs, axis=1))
-
-
-@pytest.mark.parametrize("n", [16, 33, 64, 128, 129])
-def test_equals_numpy_for_many_frames_and_several_blocks(n):
-    """Stacks larger than one block of pixels, on both sides of NETWORK_MAX_FRAMES."""
-    from outlier_dask.kernels.median import NETWORK_MAX_FRAMES
-
-    assert NETWORK_MAX_FRAMES == 128
+@pytest.mark.parametrize("n", [16, 33, 64, 128, 129, 300])
+def test_equals_numpy_for_many_frames(n):
+    """Large odd and even stacks, with all-NaN pixels and pixels with a few values left."""
     rng = np.random.default_rng(n)
-    shape = (n, 37, 1111) if n <= 64 else (n, 9, 130)
+    shape = (n, 37, 211) if n <= 64 else (n, 9, 130)
     stack = rng.normal(size=shape).astype(np.float32)
     stack[rng.random(stack.shape) < 0.4] = NAN
     stack[:, 0, :5] = NAN
+    stack[1:, 1, :4] = NAN  # one value left
+    stack[2:, 2, :4] = NAN  # two values left
+    assert _bits_equal(nanmedian_stack(stack), _numpy_median(stack))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [2, 3, 6, 7])
+def test_equals_numpy_for_odd_and_even_counts_of_values(n, dtype):
+    """Every count of non-NaN values from 0 to n, each in its own column."""
+    rng = np.random.default_rng(40 + n)
+    stack = rng.normal(size=(n, 5, n + 1)).astype(dtype)
+    for count in range(n + 1):
+        stack[count:, :, count] = NAN
+    median = nanmedian_stack(stack)
+    assert np.isnan(median[:, 0]).all()
+    assert _bits_equal(median, _numpy_median(stack))
+
+
+def test_all_nan_stack_gives_nan_without_a_warning():
+    stack = np.full((4, 3, 5), NAN, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        median = nanmedian_stack(stack)
+    assert median.dtype == np.float32
+    assert np.isnan(median).all()
+
+
+def test_non_contiguous_stack():
+    rng = np.random.default_rng(9)
+    stack = rng.normal(size=(6, 20, 30)).astype(np.float32)[:, ::2, ::3]
+    stack[rng.random(stack.shape) < 0.3] = NAN
+    assert not stack.flags.c_contiguous
     assert _bits_equal(nanmedian_stack(stack), _numpy_median(stack))

@@ -1,0 +1,121 @@
+"""Wall time of ``outlier-dask run`` at two revisions of this repository, alternated (A B A B).
+
+Each revision is checked out (``git worktree``) into a scratch folder and run from there with
+``python -m outlier_dask run`` in a fresh process (``PYTHONPATH`` pointing at that checkout), on
+the same association, in turns, so that the machine's drift affects both alike. The products of
+both are compared (the OUTLIER masks must be identical) and the ratio of the medians of the wall
+times is printed, with the range of every run.
+
+    python benchmarks/compare_revisions.py OLD_REV NEW_REV --asn path/to/asn.json --repeat 4
+
+The association is typically the ``medium`` case of ``compare_jwst.py`` (run that once to make
+it). Extra options after ``--`` are passed to both commands (e.g. ``-- --in-memory=False``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+OUTLIER = 16
+
+
+def _checkout(revision: str, parent: Path) -> Path:
+    path = parent / revision.replace("/", "_")
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), revision],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def _run(checkout: Path, asn: str, out: Path, extra: list[str]) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    subprocess.run(["sync"], check=False)
+    env = dict(os.environ, PYTHONPATH=str(checkout), STPIPE_DISABLE_CRDS_STEPPARS="True")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "outlier_dask", "-q", "run", asn, "--output-dir", str(out)]
+        + ["--overwrite", *extra],
+        env=env,
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{checkout.name}: run failed\n{done.stderr}")
+    return wall
+
+
+def _masks(out: Path) -> dict[str, np.ndarray]:
+    masks = {}
+    for path in sorted(out.glob("*_crf.fits")):
+        with fits.open(path) as hdul:
+            masks[path.name] = (hdul["DQ"].data & OUTLIER) != 0
+    return masks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", help="revision A (e.g. a commit)")
+    parser.add_argument("new", help="revision B (e.g. HEAD)")
+    parser.add_argument("--asn", required=True, help="the association to run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each revision")
+    parser.add_argument("extra", nargs="*", help="options for both commands (after --)")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="compare_revisions-"))
+    checkouts = {}
+    try:
+        for label, revision in (("A", args.old), ("B", args.new)):
+            checkouts[label] = _checkout(revision, scratch)
+        times: dict[str, list[float]] = {"A": [], "B": []}
+        for _ in range(args.repeat):
+            for label in ("A", "B"):
+                out = scratch / f"out-{label}"
+                times[label].append(_run(checkouts[label], args.asn, out, args.extra))
+                print(f"{label} ({checkouts[label].name}): {times[label][-1]:.2f} s", flush=True)
+        first, second = _masks(scratch / "out-A"), _masks(scratch / "out-B")
+        same = first.keys() == second.keys() and all(
+            np.array_equal(first[k], second[k]) for k in first
+        )
+        flagged = sum(int(m.sum()) for m in second.values())
+        medians = {k: statistics.median(v) for k, v in times.items()}
+        summary = {
+            "A": args.old,
+            "B": args.new,
+            "extra": args.extra,
+            "seconds": times,
+            "median_ratio_B_over_A": medians["B"] / medians["A"],
+            "masks_identical": same,
+            "flagged": flagged,
+        }
+        print(json.dumps(summary, indent=2))
+        if not same:
+            raise SystemExit("the two revisions flag different pixels")
+    finally:
+        for path in checkouts.values():
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(path)],
+                check=False,
+                capture_output=True,
+            )
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

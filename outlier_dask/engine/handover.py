@@ -1,0 +1,420 @@
+"""Where the masked stack ``(groups, ny, nx)`` and the median ``(ny, nx)`` live between stages.
+
+This module owns that decision, made once per run from the scheduler and ``in_memory``
+(:func:`handover_kind`), and the three places it can choose:
+
+``shared``
+    A local scheduler this process starts (``processes``, ``threads``, ``synchronous``) with
+    ``in_memory=True``: anonymous memory mapped before the workers are forked, so every worker
+    sees it. Group tasks write their planes in place (only on the whole tiles their region
+    meets), median tasks read ``(G, ty, tx)`` blocks from it and store their tile, and blot
+    tasks read the whole median, which lets the compiled blot be used. Nothing large travels
+    between processes.
+``store``
+    ``in_memory=False`` on any scheduler: Zarr arrays in the run's scratch folder (or a shared
+    fsspec URL), chunked ``(1, ty, tx)``. Group tasks write their region, median blocks are
+    read ``(G, ty, tx)`` and stored, blot tasks read their cut-outs.
+``workers``
+    A ``distributed`` cluster with ``in_memory=True``: each group task's result holds its
+    plane's tiles, persisted in worker memory (spilled as distributed spills); the median is a
+    persisted dask array whose cut-outs are blot tasks' inputs. The client holds only keys.
+
+Every stage is written once against a :class:`Handover` (``engine/run.py``): a task per
+group writes its plane through :meth:`Handover.planes`; the median is one lazy expression over
+:meth:`Handover.stack` and is kept by :meth:`Handover.keep_median`; blot tasks get their median
+through :meth:`Handover.median_sources`. The memory and disk each place costs
+(:func:`handover_footprint`) is what the estimate and the budget count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from outlier_dask.engine.plan import BlockPlan, Plan
+from outlier_dask.engine.shared import SharedArray, shared_arrays
+from outlier_dask.engine.stores import ScratchStore
+from outlier_dask.engine.tasks import GroupOutcome, MedianCutout
+from outlier_dask.geometry.windows import (
+    Window,
+    area,
+    contains,
+    crop_or_fill,
+    meets,
+    outside_of,
+    tile_ranges,
+    tiled_area,
+    tiles_covering,
+)
+from outlier_dask.kernels.median import nanmedian_stack
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+__all__ = [
+    "LOCAL_SCHEDULERS",
+    "SHARED",
+    "STORE",
+    "WORKERS",
+    "Footprint",
+    "Handover",
+    "handover_footprint",
+    "handover_kind",
+    "open_handover",
+]
+
+log = logging.getLogger(__name__)
+
+#: Schedulers whose workers are this process or forked from it, so they can share its memory.
+LOCAL_SCHEDULERS = ("processes", "threads", "synchronous")
+SHARED, STORE, WORKERS = "shared", "store", "workers"
+FLOAT32 = 4
+
+
+def handover_kind(scheduler: str, in_memory: bool, client_given: bool = False) -> str:
+    """Where stack and median live: :data:`SHARED`, :data:`STORE` or :data:`WORKERS`.
+
+    Parameters
+    ----------
+    scheduler : str
+        The ``scheduler`` parameter.
+    in_memory : bool
+        The ``in_memory`` parameter (after the budget).
+    client_given : bool
+        A caller's ``distributed.Client`` runs the graphs (whatever ``scheduler`` says).
+    """
+    if not in_memory:
+        return STORE
+    local = not client_given and scheduler in LOCAL_SCHEDULERS
+    return SHARED if local else WORKERS
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a handover holds, in bytes: memory by part, and scratch written to disk."""
+
+    memory: dict[str, int] = field(default_factory=dict)
+    scratch: int = 0
+
+
+#: The store's own files (one small JSON document per array and group).
+STORE_METADATA_BYTES = 16 * 2**10
+
+
+def handover_footprint(kind: str, plan: Plan) -> Footprint:
+    """The memory and scratch disk the stack and median take in ``kind``.
+
+    With ``T(A_g)`` the whole tiles group ``g``'s region meets (clipped to the grid in
+    memory, full chunks on disk) and ``N`` the grid's pixels: in memory (``shared``,
+    ``workers``) ``4 * sum T(A_g) + 4 * N``; in the ``store``, the same bytes on disk (Zarr
+    skips chunks never written, so it is an upper bound).
+    """
+    grid, tile = plan.grid_shape, plan.tile_shape
+    whole = ((0, grid[0]), (0, grid[1]))
+    if kind == STORE:
+        planes = sum(tiled_area(g.region, tile, grid) for g in plan.groups)
+        median = tiled_area(whole, tile, grid)
+        return Footprint({}, FLOAT32 * (planes + median) + STORE_METADATA_BYTES)
+    boxes = sum(area(tiles_covering(g.region, tile, grid)) for g in plan.groups)
+    where = "shared memory" if kind == SHARED else "worker memory"
+    return Footprint(
+        {f"masked stack ({where})": FLOAT32 * boxes, f"median ({where})": FLOAT32 * area(whole)}
+    )
+
+
+# -- the planes group tasks write and median tasks read -------------------------------------
+
+
+@dataclass(frozen=True)
+class SharedPlanes:
+    """The masked stack in shared memory; a plane is written on the whole tiles its group's
+    region meets, the rest of the box with the group's outside value."""
+
+    stack: SharedArray
+    tile_shape: tuple[int, int]
+
+    def write(self, index: int, region: Window, masked: np.ndarray, outside: float):
+        """Write plane ``index``; returns ``(window written, None)``."""
+        box = tiles_covering(region, self.tile_shape, self.stack.shape[1:])
+        if box is None:
+            return None, None
+        (b0, b1), (c0, c1) = box
+        plane = self.stack.view()[index, b0:b1, c0:c1]
+        plane[...] = crop_or_fill(masked, region, box, outside)
+        return box, None
+
+    def read(self, window: Window, layout: tuple) -> np.ndarray:
+        """The ``(G, ty, tx)`` block of the stack over ``window``."""
+        (y0, y1), (x0, x1) = window
+        view = self.stack.view()
+        block = np.empty((len(layout), y1 - y0, x1 - x0), dtype=np.float32)
+        for g, (written, outside) in enumerate(layout):
+            if written is not None and contains(written, window):
+                block[g] = view[g, y0:y1, x0:x1]
+            else:  # never read: pages of tiles no group wrote are never committed
+                block[g] = outside
+        return block
+
+
+@dataclass(frozen=True)
+class StorePlanes:
+    """The masked stack in the Zarr store: a plane holds its region, NaN elsewhere."""
+
+    store: ScratchStore
+
+    def write(self, index: int, region: Window, masked: np.ndarray, outside: float):
+        """Write plane ``index`` over ``region``; returns ``(region, None)``."""
+        (y0, y1), (x0, x1) = region
+        if y0 >= y1 or x0 >= x1:
+            return None, None
+        self.store.array("data", "r+")[index, y0:y1, x0:x1] = masked
+        return region, None
+
+    def read(self, window: Window, layout: tuple) -> np.ndarray:
+        """The ``(G, ty, tx)`` block over ``window``, each plane completed beyond its region."""
+        (y0, y1), (x0, x1) = window
+        block = np.asarray(self.store.array("data")[:, y0:y1, x0:x1])
+        for plane, (written, outside) in zip(block, layout, strict=True):
+            if written is None:
+                plane[...] = outside
+            elif not contains(written, window) and not np.isnan(outside):
+                plane[outside_of(written, window)] = outside
+        return block
+
+
+@dataclass(frozen=True)
+class WorkerPlanes:
+    """The masked stack as tiles held by the group tasks' results (a cluster's memory)."""
+
+    tile_shape: tuple[int, int]
+    grid_shape: tuple[int, int]
+
+    def write(self, index: int, region: Window, masked: np.ndarray, outside: float):
+        """Cut the plane into the tiles its region meets; returns ``(box, tiles)``."""
+        box = tiles_covering(region, self.tile_shape, self.grid_shape)
+        if box is None:
+            return None, {}
+        ty, tx = self.tile_shape
+        (b0, b1), (c0, c1) = box
+        tiles = {}
+        for rows in tile_ranges(b1 - b0, ty):
+            for cols in tile_ranges(c1 - c0, tx):
+                window = ((b0 + rows[0], b0 + rows[1]), (c0 + cols[0], c0 + cols[1]))
+                key = (window[0][0] // ty, window[1][0] // tx)
+                tiles[key] = crop_or_fill(masked, region, window, outside)
+        return box, tiles
+
+
+def tile_of(outcome: GroupOutcome, key: tuple[int, int]) -> np.ndarray:
+    """One tile of a group task's result (run where the result is)."""
+    return outcome.tiles[key]
+
+
+def stack_of_tiles(tiles: list, shape: tuple[int, int]) -> np.ndarray:
+    """A ``(G, ty, tx)`` block from per-group tiles or constants (the outside value)."""
+    block = np.empty((len(tiles), *shape), dtype=np.float32)
+    for g, tile in enumerate(tiles):
+        block[g] = tile
+    return block
+
+
+# -- the median's places ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharedMedian:
+    """The shared median: a ``da.store`` target, and every block's source (the whole of it)."""
+
+    median: SharedArray
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        self.median.view()[key] = value
+
+    def cutout(self, block: BlockPlan) -> MedianCutout | None:
+        """The whole median, read in place by the block's task."""
+        if block.cutout is None:
+            return None
+        return MedianCutout(self.median.view(), block.cutout, whole=True)
+
+
+@dataclass(frozen=True)
+class StoreMedian:
+    """The median in the Zarr store; each block reads its cut-out."""
+
+    store: ScratchStore
+
+    def cutout(self, block: BlockPlan) -> MedianCutout | None:
+        """The median over the block's cut-out, read from the store."""
+        if block.cutout is None:
+            return None
+        (y0, y1), (x0, x1) = block.cutout
+        return MedianCutout(np.asarray(self.store.array("median")[y0:y1, x0:x1]), block.cutout)
+
+
+# -- the handover -----------------------------------------------------------------------------
+
+
+@dataclass
+class Handover:
+    """The places of one run's stack and median, and how each stage reaches them.
+
+    Attributes
+    ----------
+    kind : str
+        :data:`SHARED`, :data:`STORE` or :data:`WORKERS`.
+    plan : Plan
+        The run's plan (grid, tiles, groups).
+    shared : dict of str to SharedArray
+        The shared stack and median (``shared`` only).
+    store : ScratchStore or None
+        The Zarr store (``store`` only).
+    """
+
+    kind: str
+    plan: Plan
+    shared: dict[str, SharedArray] = field(default_factory=dict)
+    store: ScratchStore | None = None
+    _median: Any = None
+
+    @property
+    def planes(self) -> SharedPlanes | StorePlanes | WorkerPlanes:
+        """What group tasks write their plane into (:func:`~.tasks.drizzle_group`)."""
+        if self.kind == SHARED:
+            return SharedPlanes(self.shared["stack"], self.plan.tile_shape)
+        if self.kind == STORE:
+            return StorePlanes(self.store)
+        return WorkerPlanes(self.plan.tile_shape, self.plan.grid_shape)
+
+    @property
+    def results_stay_on_workers(self) -> bool:
+        """Whether group results must stay where they were computed (persisted)."""
+        return self.kind == WORKERS
+
+    def stack(self, outcomes: list[Any], written: list[tuple]) -> da.Array:
+        """The masked stack as a dask array of ``(G, ty, tx)`` blocks.
+
+        Parameters
+        ----------
+        outcomes : list
+            Per group, its task's result (persisted delayed objects on a cluster).
+        written : list of (Window or None, float)
+            Per group, the window its plane holds and its outside value.
+        """
+        import dask.array as da
+        from dask.highlevelgraph import HighLevelGraph
+
+        plan = self.plan
+        (ny, nx), (ty, tx) = plan.grid_shape, plan.tile_shape
+        rows, cols = tile_ranges(ny, ty), tile_ranges(nx, tx)
+        name = f"masked-stack-{_token(plan, self.kind)}"
+        layout = tuple(written)
+        layer: dict = {}
+        dependencies: list = []
+        if self.kind == WORKERS:
+            tile_name = f"stack-tile-{_token(plan, self.kind)}"
+            for g, outcome in enumerate(outcomes):
+                dependencies.append(outcome)
+                for i, (r0, r1) in enumerate(rows):
+                    for j, (c0, c1) in enumerate(cols):
+                        box = layout[g][0]
+                        if box is not None and meets(box, ((r0, r1), (c0, c1))):
+                            layer[(tile_name, g, i, j)] = (tile_of, outcome.key, (i, j))
+        reader = None if self.kind == WORKERS else self.planes.read
+        for i, (r0, r1) in enumerate(rows):
+            for j, (c0, c1) in enumerate(cols):
+                window = ((r0, r1), (c0, c1))
+                if reader is not None:
+                    layer[(name, 0, i, j)] = (reader, window, layout)
+                    continue
+                tiles = [
+                    (tile_name, g, i, j) if (tile_name, g, i, j) in layer else outside
+                    for g, (_, outside) in enumerate(layout)
+                ]
+                layer[(name, 0, i, j)] = (stack_of_tiles, tiles, (r1 - r0, c1 - c0))
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
+        chunks = ((plan.n_groups,), tuple(b - a for a, b in rows), tuple(b - a for a, b in cols))
+        return da.Array(graph, name, chunks, dtype=np.float32)
+
+    def keep_median(self, median: da.Array, runner: Any) -> None:
+        """Compute the lazy median into its place (stored, or persisted on the workers)."""
+        import dask.array as da
+
+        if self.kind == WORKERS:
+            (self._median,) = runner.persist(median, stage="median")
+            return
+        target = self.store.array("median", "r+") if self.kind == STORE else self._shared_median
+        # Median blocks coincide with the target's chunks: no lock is needed.
+        runner.compute(da.store(median, target, lock=False, compute=False), stage="median")
+
+    @property
+    def _shared_median(self) -> SharedMedian:
+        return SharedMedian(self.shared["median"])
+
+    def median_sources(self, blocks: list[BlockPlan]) -> list[Any]:
+        """Per block, what its blot task reads the median from (see ``tasks.flag_input``)."""
+        if self.kind == SHARED:
+            return [self._shared_median] * len(blocks)
+        if self.kind == STORE:
+            return [StoreMedian(self.store)] * len(blocks)
+        return [
+            None if b.cutout is None else self._median[slice(*b.cutout[0]), slice(*b.cutout[1])]
+            for b in blocks
+        ]
+
+    def median_array(self, runner: Any) -> np.ndarray:
+        """The whole median in this process (for intermediate products and plots)."""
+        if self.kind == SHARED:
+            return np.array(self.shared["median"].view())
+        if self.kind == STORE:
+            return np.asarray(self.store.array("median")[...])
+        (median,) = runner.compute(self._median, stage="median")
+        return median
+
+
+def _token(plan: Plan, kind: str) -> str:
+    from dask.base import tokenize
+
+    return tokenize(plan.product_name, plan.grid_shape, plan.tile_shape, plan.n_groups, kind)
+
+
+def median_of_block(block: np.ndarray) -> np.ndarray:
+    """NaN-median over groups of one ``(G, ty, tx)`` block: ``(ty, tx)`` float32."""
+    return nanmedian_stack(block)
+
+
+def gather_small(outcomes: list[Any], runner: Any) -> list[tuple]:
+    """Per group, ``(threshold, written, outside)`` of results persisted on workers."""
+    import dask
+
+    small = [
+        dask.delayed(operator.attrgetter("threshold", "written", "outside"))(o) for o in outcomes
+    ]
+    return list(runner.compute(*small, stage="drizzle"))
+
+
+@contextlib.contextmanager
+def open_handover(kind: str, plan: Plan, store: ScratchStore | None) -> Iterator[Handover]:
+    """Make the places of ``kind`` for one run (before a local scheduler forks its workers).
+
+    ``store`` (made by the caller in the run's scratch folder) is needed for :data:`STORE`;
+    its arrays are created here. Shared arrays are unmapped when the context ends.
+    """
+    if kind == STORE:
+        store.create(plan.n_groups, plan.grid_shape, plan.tile_shape)
+        yield Handover(kind, plan, store=store)
+        return
+    if kind == WORKERS:
+        yield Handover(kind, plan)
+        return
+    specs = {
+        "stack": ((plan.n_groups, *plan.grid_shape), "float32"),
+        "median": (plan.grid_shape, "float32"),
+    }
+    with shared_arrays(specs) as arrays:
+        yield Handover(kind, plan, shared=arrays)
