@@ -28,7 +28,6 @@ import dask.multiprocessing
 import dask.threaded
 
 from outlier_dask.engine.budget import default_workers
-from outlier_dask.engine.handover import LOCAL_SCHEDULERS
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
 
 __all__ = [
