@@ -25,10 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from astropy.io import fits
-
-OUTLIER = 16
+from outlier_masks import outlier_masks, same_masks
 
 
 def _checkout(revision: str, parent: Path) -> Path:
@@ -62,14 +59,6 @@ def _run(checkout: Path, asn: str, out: Path, extra: list[str]) -> float:
     return wall
 
 
-def _masks(out: Path) -> dict[str, np.ndarray]:
-    masks = {}
-    for path in sorted(out.glob("*_crf.fits")):
-        with fits.open(path) as hdul:
-            masks[path.name] = (hdul["DQ"].data & OUTLIER) != 0
-    return masks
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old", help="revision A (e.g. a commit)")
@@ -89,10 +78,8 @@ def main() -> None:
                 out = scratch / f"out-{label}"
                 times[label].append(_run(checkouts[label], args.asn, out, args.extra))
                 print(f"{label} ({checkouts[label].name}): {times[label][-1]:.2f} s", flush=True)
-        first, second = _masks(scratch / "out-A"), _masks(scratch / "out-B")
-        same = first.keys() == second.keys() and all(
-            np.array_equal(first[k], second[k]) for k in first
-        )
+        first, second = outlier_masks(scratch / "out-A"), outlier_masks(scratch / "out-B")
+        same = same_masks(first, second)
         flagged = sum(int(m.sum()) for m in second.values())
         medians = {k: statistics.median(v) for k, v in times.items()}
         summary = {

@@ -17,7 +17,7 @@ import numpy as np
 from stdatamodels.jwst import datamodels
 
 from outlier_dask.engine.budget import PlannedRun, plan_run
-from outlier_dask.engine.handover import STORE, open_handover
+from outlier_dask.engine.handover import open_handover, uses_store
 from outlier_dask.engine.plan import Plan
 from outlier_dask.engine.run import EngineResult, run_plan
 from outlier_dask.engine.scratch import local_work_dir, scratch_store
@@ -332,7 +332,9 @@ def detect_outliers(
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(scratch_directory(local_work_dir(params.work_dir)))
         store = (
-            stack.enter_context(scratch_store(params.work_dir, scratch)) if kind == STORE else None
+            stack.enter_context(scratch_store(params.work_dir, scratch))
+            if uses_store(kind)
+            else None
         )
         # Shared arrays are mapped before a local scheduler forks its workers, which share them.
         handover = stack.enter_context(open_handover(kind, plan, store))

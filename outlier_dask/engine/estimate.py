@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from outlier_dask.engine.handover import STORE, handover_footprint
+from outlier_dask.engine.handover import handover_footprint, uses_store
 from outlier_dask.engine.plan import Plan
 from outlier_dask.geometry.windows import area
 
@@ -160,4 +160,6 @@ def estimate_resources(
         parts["median (kept)"] = FLOAT32 * ny * nx
         parts["blots (kept)"] = FLOAT32 * member_px
     parts = {k: v for k, v in parts.items() if v}
-    return ResourceEstimate(kind != STORE, workers, sum(parts.values()), handover.scratch, parts)
+    return ResourceEstimate(
+        not uses_store(kind), workers, sum(parts.values()), handover.scratch, parts
+    )

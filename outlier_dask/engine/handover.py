@@ -11,9 +11,13 @@ This module owns that decision, made once per run from the scheduler and ``in_me
     tasks read the whole median, which lets the compiled blot be used. Nothing large travels
     between processes.
 ``store``
-    ``in_memory=False`` on any scheduler: Zarr arrays in the run's scratch folder (or a shared
-    fsspec URL), chunked ``(1, ty, tx)``. Group tasks write their region, median blocks are
-    read ``(G, ty, tx)`` and stored, blot tasks read their cut-outs.
+    ``in_memory=False`` on a ``distributed`` cluster: Zarr arrays in the run's scratch folder
+    (or a shared fsspec URL), chunked ``(1, ty, tx)``. Group tasks write their region, median
+    blocks are read ``(G, ty, tx)`` and stored, blot tasks read their cut-outs.
+``local-store``
+    ``in_memory=False`` on a local scheduler: the stack in the Zarr store as above, the median
+    (a single plane) in shared memory as with ``shared``, so that blot tasks can use the
+    compiled blot on the whole median.
 ``workers``
     A ``distributed`` cluster with ``in_memory=True``: each group task's result holds its
     plane's tiles, persisted in worker memory (spilled as distributed spills); the median is a
@@ -59,6 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOCAL_SCHEDULERS",
+    "LOCAL_STORE",
     "SHARED",
     "STORE",
     "WORKERS",
@@ -67,18 +72,23 @@ __all__ = [
     "handover_footprint",
     "handover_kind",
     "open_handover",
+    "uses_store",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Schedulers whose workers are this process or forked from it, so they can share its memory.
 LOCAL_SCHEDULERS = ("processes", "threads", "synchronous")
-SHARED, STORE, WORKERS = "shared", "store", "workers"
+SHARED, STORE, LOCAL_STORE, WORKERS = "shared", "store", "local-store", "workers"
+#: Kinds whose stack is in the Zarr store, and kinds whose median is in shared memory.
+_STACK_IN_STORE = (STORE, LOCAL_STORE)
+_MEDIAN_SHARED = (SHARED, LOCAL_STORE)
 FLOAT32 = 4
 
 
 def handover_kind(scheduler: str, in_memory: bool, client_given: bool = False) -> str:
-    """Where stack and median live: :data:`SHARED`, :data:`STORE` or :data:`WORKERS`.
+    """Where stack and median live: :data:`SHARED`, :data:`LOCAL_STORE`, :data:`STORE` or
+    :data:`WORKERS`.
 
     Parameters
     ----------
@@ -89,10 +99,15 @@ def handover_kind(scheduler: str, in_memory: bool, client_given: bool = False) -
     client_given : bool
         A caller's ``distributed.Client`` runs the graphs (whatever ``scheduler`` says).
     """
-    if not in_memory:
-        return STORE
     local = not client_given and scheduler in LOCAL_SCHEDULERS
+    if not in_memory:
+        return LOCAL_STORE if local else STORE
     return SHARED if local else WORKERS
+
+
+def uses_store(kind: str) -> bool:
+    """Whether the handover ``kind`` keeps the stack in a Zarr store."""
+    return kind in _STACK_IN_STORE
 
 
 @dataclass(frozen=True)
@@ -111,21 +126,26 @@ def handover_footprint(kind: str, plan: Plan) -> Footprint:
     """The memory and scratch disk the stack and median take in ``kind``.
 
     With ``T(A_g)`` the whole tiles group ``g``'s region meets (clipped to the grid in
-    memory, full chunks on disk) and ``N`` the grid's pixels: in memory (``shared``,
-    ``workers``) ``4 * sum T(A_g) + 4 * N``; in the ``store``, the same bytes on disk (Zarr
-    skips chunks never written, so it is an upper bound).
+    memory, full chunks on disk) and ``N`` the grid's pixels: the stack takes
+    ``4 * sum T(A_g)`` and the median ``4 * N``, in memory or on disk as ``kind`` keeps them
+    (Zarr skips chunks never written, so the disk figure is an upper bound).
     """
     grid, tile = plan.grid_shape, plan.tile_shape
     whole = ((0, grid[0]), (0, grid[1]))
-    if kind == STORE:
+    where = "worker memory" if kind == WORKERS else "shared memory"
+    memory: dict[str, int] = {}
+    scratch = 0
+    if kind in _STACK_IN_STORE:
         planes = sum(tiled_area(g.region, tile, grid) for g in plan.groups)
-        median = tiled_area(whole, tile, grid)
-        return Footprint({}, FLOAT32 * (planes + median) + STORE_METADATA_BYTES)
-    boxes = sum(area(tiles_covering(g.region, tile, grid)) for g in plan.groups)
-    where = "shared memory" if kind == SHARED else "worker memory"
-    return Footprint(
-        {f"masked stack ({where})": FLOAT32 * boxes, f"median ({where})": FLOAT32 * area(whole)}
-    )
+        scratch += FLOAT32 * planes + STORE_METADATA_BYTES
+    else:
+        boxes = sum(area(tiles_covering(g.region, tile, grid)) for g in plan.groups)
+        memory[f"masked stack ({where})"] = FLOAT32 * boxes
+    if kind == STORE:
+        scratch += FLOAT32 * tiled_area(whole, tile, grid)
+    else:
+        memory[f"median ({where})"] = FLOAT32 * area(whole)
+    return Footprint(memory, scratch)
 
 
 # -- the planes group tasks write and median tasks read -------------------------------------
@@ -287,7 +307,7 @@ class Handover:
         """What group tasks write their plane into (:func:`~.tasks.drizzle_group`)."""
         if self.kind == SHARED:
             return SharedPlanes(self.shared["stack"], self.plan.tile_shape)
-        if self.kind == STORE:
+        if self.kind in _STACK_IN_STORE:
             return StorePlanes(self.store)
         return WorkerPlanes(self.plan.tile_shape, self.plan.grid_shape)
 
@@ -348,7 +368,9 @@ class Handover:
         if self.kind == WORKERS:
             (self._median,) = runner.persist(median, stage="median")
             return
-        target = self.store.array("median", "r+") if self.kind == STORE else self._shared_median
+        target = (
+            self._shared_median if self.kind in _MEDIAN_SHARED else self.store.array("median", "r+")
+        )
         # Median blocks coincide with the target's chunks: no lock is needed.
         runner.compute(da.store(median, target, lock=False, compute=False), stage="median")
 
@@ -358,7 +380,7 @@ class Handover:
 
     def median_sources(self, blocks: list[BlockPlan]) -> list[Any]:
         """Per block, what its blot task reads the median from (see ``tasks.flag_input``)."""
-        if self.kind == SHARED:
+        if self.kind in _MEDIAN_SHARED:
             return [self._shared_median] * len(blocks)
         if self.kind == STORE:
             return [StoreMedian(self.store)] * len(blocks)
@@ -369,7 +391,7 @@ class Handover:
 
     def median_array(self, runner: Any) -> np.ndarray:
         """The whole median in this process (for intermediate products and plots)."""
-        if self.kind == SHARED:
+        if self.kind in _MEDIAN_SHARED:
             return np.array(self.shared["median"].view())
         if self.kind == STORE:
             return np.asarray(self.store.array("median")[...])
@@ -402,19 +424,16 @@ def gather_small(outcomes: list[Any], runner: Any) -> list[tuple]:
 def open_handover(kind: str, plan: Plan, store: ScratchStore | None) -> Iterator[Handover]:
     """Make the places of ``kind`` for one run (before a local scheduler forks its workers).
 
-    ``store`` (made by the caller in the run's scratch folder) is needed for :data:`STORE`;
-    its arrays are created here. Shared arrays are unmapped when the context ends.
+    ``store`` (made by the caller in the run's scratch folder) is needed where
+    :func:`uses_store`; its arrays are created here. Shared arrays are unmapped when the
+    context ends.
     """
-    if kind == STORE:
+    if kind in _STACK_IN_STORE:
         store.create(plan.n_groups, plan.grid_shape, plan.tile_shape)
-        yield Handover(kind, plan, store=store)
-        return
-    if kind == WORKERS:
-        yield Handover(kind, plan)
-        return
-    specs = {
-        "stack": ((plan.n_groups, *plan.grid_shape), "float32"),
-        "median": (plan.grid_shape, "float32"),
-    }
+    specs = {}
+    if kind == SHARED:
+        specs["stack"] = ((plan.n_groups, *plan.grid_shape), "float32")
+    if kind in _MEDIAN_SHARED:
+        specs["median"] = (plan.grid_shape, "float32")
     with shared_arrays(specs) as arrays:
-        yield Handover(kind, plan, shared=arrays)
+        yield Handover(kind, plan, shared=arrays, store=store if uses_store(kind) else None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from engine_runs import run_engine
 
-from outlier_dask.engine.handover import SHARED, STORE, WORKERS
+from outlier_dask.engine.handover import LOCAL_STORE, SHARED, STORE, WORKERS
 from outlier_dask.engine.plan import make_plan
 from outlier_dask.engine.shared import SharedArray, shared_arrays
 from outlier_dask.engine.tasks import (
@@ -46,7 +46,7 @@ def test_reference_flags_something(reference):
     assert sum(int(m.sum()) for m in result.masks) > 20
 
 
-@pytest.mark.parametrize("kind", [SHARED, STORE, WORKERS])
+@pytest.mark.parametrize("kind", [SHARED, LOCAL_STORE, STORE, WORKERS])
 @pytest.mark.parametrize(
     ("tile_size", "block_size"), [(16, 16), (37, 23), (64, 7), (1000, 3), (5, 50)]
 )
@@ -101,13 +101,14 @@ def test_blocks_smaller_than_the_halo(models, reference, block_size):
     np.testing.assert_array_equal(mask, expected.masks[0])
 
 
+@pytest.mark.parametrize("kind", [LOCAL_STORE, STORE])
 @pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
-def test_on_disk_equals_in_memory(models, reference, tmp_path, scheduler):
+def test_on_disk_equals_in_memory(models, reference, tmp_path, scheduler, kind):
     _, expected = reference
     _, result = _run(
         models,
         tmp_path,
-        kind=STORE,
+        kind=kind,
         scheduler=scheduler,
         in_memory=False,
         tile_size=48,
@@ -122,7 +123,7 @@ def test_on_disk_equals_in_memory(models, reference, tmp_path, scheduler):
     assert list(tmp_path.iterdir()) == [], "scratch must be removed after the run"
 
 
-@pytest.mark.parametrize("kind", [SHARED, STORE, WORKERS])
+@pytest.mark.parametrize("kind", [SHARED, LOCAL_STORE, STORE, WORKERS])
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
 def test_schedulers_agree(models, reference, scheduler, kind, tmp_path):
     """Forked workers write their mosaics and median tiles into memory shared with the run,
@@ -141,7 +142,7 @@ def test_schedulers_agree(models, reference, scheduler, kind, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("kind", [SHARED, STORE, WORKERS])
+@pytest.mark.parametrize("kind", [SHARED, LOCAL_STORE, STORE, WORKERS])
 def test_without_resampling_blocks_agree(models, kind, tmp_path):
     _, whole = _run(models, resample_data=False, block_size=4096)
     _, blocked = _run(models, tmp_path, kind=kind, resample_data=False, block_size=9, tile_size=13)
@@ -177,7 +178,7 @@ def sparse_models():
     return models
 
 
-@pytest.mark.parametrize("kind", [SHARED, STORE, WORKERS])
+@pytest.mark.parametrize("kind", [SHARED, LOCAL_STORE, STORE, WORKERS])
 @pytest.mark.parametrize(
     "values", [{}, {"fillval": "0", "maskpt": 0.0}], ids=["defaults", "fill-0-maskpt-0"]
 )

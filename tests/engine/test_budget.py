@@ -14,7 +14,7 @@ from outlier_dask.engine.budget import (
     plan_run,
 )
 from outlier_dask.engine.estimate import estimate_resources
-from outlier_dask.engine.handover import SHARED, STORE, WORKERS
+from outlier_dask.engine.handover import LOCAL_STORE, SHARED, STORE, WORKERS
 from outlier_dask.engine.plan import make_plan
 from outlier_dask.geometry.windows import tile_ranges
 from outlier_dask.io.members import members_from_models
@@ -49,7 +49,10 @@ def test_small_budget_moves_the_stack_to_disk_and_drops_workers(members, caplog)
     def peak(in_memory, workers):
         # The default scheduler (processes) shares the stack and median with its workers.
         return estimate_resources(
-            plan, kind=SHARED if in_memory else STORE, n_workers=workers, processes=workers + 1
+            plan,
+            kind=SHARED if in_memory else LOCAL_STORE,
+            n_workers=workers,
+            processes=workers + 1,
         ).peak_memory
 
     limit = peak(False, 1)
@@ -119,6 +122,11 @@ def test_each_handover_counts_what_it_holds(members):
     assert not any(name.endswith("memory)") for name in stored.parts)
     whole_chunks = -(-plan.grid_shape[0] // ty) * ty * -(-plan.grid_shape[1] // tx) * tx
     assert stored.scratch_disk == 4 * (chunks + whole_chunks) + 16 * 2**10
+    # On one machine out of core, the median (one plane) is shared: only the stack is on disk.
+    local = estimate_resources(plan, kind=LOCAL_STORE, n_workers=2)
+    assert local.parts["median (shared memory)"] == 4 * grid
+    assert "masked stack (shared memory)" not in local.parts
+    assert local.scratch_disk == 4 * chunks + 16 * 2**10
 
 
 def test_a_caller_client_is_budgeted_as_a_cluster(members, monkeypatch):
@@ -130,6 +138,7 @@ def test_a_caller_client_is_budgeted_as_a_cluster(members, monkeypatch):
     assert plan_run(members, "budget", params).budget.handover == SHARED
     assert plan_run(members, "budget", params, client_given=True).budget.handover == WORKERS
     stored = params.replace(in_memory=False)
+    assert plan_run(members, "budget", stored).budget.handover == LOCAL_STORE
     assert plan_run(members, "budget", stored, client_given=True).budget.handover == STORE
 
     seen = []
