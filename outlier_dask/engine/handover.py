@@ -44,7 +44,7 @@ import numpy as np
 from outlier_dask.engine.plan import BlockPlan, Plan
 from outlier_dask.engine.shared import SharedArray, shared_arrays
 from outlier_dask.engine.stores import ScratchStore
-from outlier_dask.engine.tasks import GroupOutcome, MedianCutout
+from outlier_dask.engine.tasks import GroupMosaic, GroupOutcome, MedianCutout
 from outlier_dask.geometry.windows import (
     Window,
     area,
@@ -57,6 +57,7 @@ from outlier_dask.geometry.windows import (
     tiles_covering,
 )
 from outlier_dask.kernels.median import nanmedian_stack
+from outlier_dask.kernels.weights import mask_low_weight
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -159,14 +160,22 @@ class SharedPlanes:
     stack: SharedArray
     tile_shape: tuple[int, int]
 
-    def write(self, index: int, region: Window, masked: np.ndarray, outside: float):
-        """Write plane ``index``; returns ``(window written, None)``."""
-        box = tiles_covering(region, self.tile_shape, self.stack.shape[1:])
+    def write(self, index: int, mosaic: GroupMosaic, outside: float):
+        """Mask ``mosaic`` straight into plane ``index``; returns ``(window written, None)``."""
+        box = tiles_covering(mosaic.region, self.tile_shape, self.stack.shape[1:])
         if box is None:
             return None, None
         (b0, b1), (c0, c1) = box
         plane = self.stack.view()[index, b0:b1, c0:c1]
-        plane[...] = crop_or_fill(masked, region, box, outside)
+        (y0, y1), (x0, x1) = (
+            (r - b0 for r in mosaic.region[0]),
+            (c - c0 for c in mosaic.region[1]),
+        )
+        plane[:y0] = outside
+        plane[y1:] = outside
+        plane[y0:y1, :x0] = outside
+        plane[y0:y1, x1:] = outside
+        mask_low_weight(mosaic.data, mosaic.weight, mosaic.threshold, out=plane[y0:y1, x0:x1])
         return box, None
 
     def read(self, window: Window, layout: tuple) -> np.ndarray:
@@ -188,12 +197,13 @@ class StorePlanes:
 
     store: ScratchStore
 
-    def write(self, index: int, region: Window, masked: np.ndarray, outside: float):
-        """Write plane ``index`` over ``region``; returns ``(region, None)``."""
+    def write(self, index: int, mosaic: GroupMosaic, outside: float):
+        """Write plane ``index`` over the mosaic's region; returns ``(region, None)``."""
+        region = mosaic.region
         (y0, y1), (x0, x1) = region
         if y0 >= y1 or x0 >= x1:
             return None, None
-        self.store.array("data", "r+")[index, y0:y1, x0:x1] = masked
+        self.store.array("data", "r+")[index, y0:y1, x0:x1] = mosaic.masked()
         return region, None
 
     def read(self, window: Window, layout: tuple) -> np.ndarray:
@@ -215,13 +225,15 @@ class WorkerPlanes:
     tile_shape: tuple[int, int]
     grid_shape: tuple[int, int]
 
-    def write(self, index: int, region: Window, masked: np.ndarray, outside: float):
-        """Cut the plane into the tiles its region meets; returns ``(box, tiles)``."""
+    def write(self, index: int, mosaic: GroupMosaic, outside: float):
+        """Cut the masked plane into the tiles its region meets; returns ``(box, tiles)``."""
+        region = mosaic.region
         box = tiles_covering(region, self.tile_shape, self.grid_shape)
         if box is None:
             return None, {}
         ty, tx = self.tile_shape
         (b0, b1), (c0, c1) = box
+        masked = mosaic.masked()
         tiles = {}
         for rows in tile_ranges(b1 - b0, ty):
             for cols in tile_ranges(c1 - c0, tx):

@@ -234,12 +234,12 @@ def drizzle_group(
     """Build a group's mosaic, mask it by weight, and put it into plane ``index``.
 
     ``planes`` is the handover's stack (:mod:`outlier_dask.engine.handover`): its
-    ``write(index, region, masked, outside)`` returns the window written and, where the
-    result itself holds them, the plane's tiles.
+    ``write(index, mosaic, outside)`` masks the mosaic into the plane and returns the window
+    written and, where the result itself holds them, the plane's tiles.
     """
     mosaic = build_group_mosaic(group, infos, settings)
     outside = outside_value(mosaic.threshold, settings.fill)
-    written, tiles = planes.write(index, mosaic.region, mosaic.masked(), outside)
+    written, tiles = planes.write(index, mosaic, outside)
     return GroupOutcome(mosaic.threshold, outside, written, tiles, mosaic if keep_mosaic else None)
 
 
