@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -299,19 +300,23 @@ class Handover:
     Attributes
     ----------
     kind : str
-        :data:`SHARED`, :data:`STORE` or :data:`WORKERS`.
+        :data:`SHARED`, :data:`LOCAL_STORE`, :data:`STORE` or :data:`WORKERS`.
     plan : Plan
         The run's plan (grid, tiles, groups).
     shared : dict of str to SharedArray
-        The shared stack and median (``shared`` only).
+        The arrays in shared memory (the stack with ``shared``, the median with ``shared``
+        and ``local-store``).
     store : ScratchStore or None
-        The Zarr store (``store`` only).
+        The Zarr store (``store`` and ``local-store``).
     """
 
     kind: str
     plan: Plan
     shared: dict[str, SharedArray] = field(default_factory=dict)
     store: ScratchStore | None = None
+    #: Names this run's graph layers: a cluster keeps keys between runs, so two runs of one
+    #: plan must not share them.
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _median: Any = None
 
     @property
@@ -344,12 +349,12 @@ class Handover:
         plan = self.plan
         (ny, nx), (ty, tx) = plan.grid_shape, plan.tile_shape
         rows, cols = tile_ranges(ny, ty), tile_ranges(nx, tx)
-        name = f"masked-stack-{_token(plan, self.kind)}"
+        name = f"masked-stack-{self.run_id}"
         layout = tuple(written)
         layer: dict = {}
         dependencies: list = []
         if self.kind == WORKERS:
-            tile_name = f"stack-tile-{_token(plan, self.kind)}"
+            tile_name = f"stack-tile-{self.run_id}"
             for g, outcome in enumerate(outcomes):
                 dependencies.append(outcome)
                 for i, (r0, r1) in enumerate(rows):
@@ -409,12 +414,6 @@ class Handover:
             return np.asarray(self.store.array("median")[...])
         (median,) = runner.compute(self._median, stage="median")
         return median
-
-
-def _token(plan: Plan, kind: str) -> str:
-    from dask.base import tokenize
-
-    return tokenize(plan.product_name, plan.grid_shape, plan.tile_shape, plan.n_groups, kind)
 
 
 def median_of_block(block: np.ndarray) -> np.ndarray:

@@ -1,11 +1,11 @@
 """Arrays shared by this process and its forked workers, so stages hand over without copies.
 
-On the local schedulers (``processes``, ``threads``, ``synchronous``) the grouped-mosaic stack
-and the median live in anonymous shared memory mapped *before* the worker processes are
-forked: every worker sees the same pages. Tasks then write their mosaic or median rows in
-place and return only small results, instead of pickling hundreds of megabytes through the
-scheduler, and every blot task can read the whole median, so the compiled blot of the
-reference (exact, and five times faster than a numpy blot of a cut-out) can be used.
+On the local schedulers (``processes``, ``threads``, ``synchronous``) the handover
+(:mod:`outlier_dask.engine.handover`) keeps the grouped-mosaic stack and the median in
+anonymous shared memory mapped *before* the worker processes are forked: every worker sees the
+same pages. Tasks then write their mosaic or median tiles in place and return only small
+results, and every blot task can read the whole median, so the compiled blot of the reference
+can be used.
 
 A task refers to an array by a :class:`SharedArray` handle (a key, a shape and a dtype). The
 mappings themselves are kept in this module's registry, which forked workers inherit; a

@@ -1,7 +1,7 @@
 """Writing a flagged ``_crf`` file straight from its ``_cal`` file, at FITS level.
 
-Opening a product with stdatamodels and saving it again costs ~0.5 s per 2048² detector
-(reading every array, validating the schema twice, rebuilding every header). Here the input's
+Opening a product with stdatamodels and saving it again reads every array, validates the
+schema twice and rebuilds every header. Here the input's
 bytes are reused, the six arrays get the outlier update (the kernels of algorithm.md §1.11), and
 two primary keywords change: ``FILENAME`` and ``S_OUTLIR`` (the FITS keyword of
 ``meta.cal_step.outlier_detection``). The embedded ASDF tree is kept as it is; because the
@@ -370,7 +370,7 @@ def _write_flagged_fits_astropy(source: Path, mask: np.ndarray | None, final: Pa
     """:func:`write_flagged_fits` through astropy: every array read, updated and re-serialised.
 
     The general path, for the inputs the byte-level writer does not handle (see the module
-    docstring); same parameters and result. Costs ~0.1-0.25 s of CPU per 2048² input.
+    docstring); same parameters and result.
     """
     with fits.open(source, memmap=False) as hdul:
         names = [hdu.name for hdu in hdul]

@@ -5,7 +5,7 @@ compiled ``drizzle`` package exactly as the reference does, and §1.7 (bilinear 
 here in numpy with the C code's single-precision arithmetic so that a block of an input can be
 blotted from a cut-out of the median and still equal the whole-frame result bit for bit. Where
 the whole median is at hand (local schedulers share it), the compiled blot itself is used: it
-reads only the median pixels a block maps into, and is five times faster than the numpy one.
+reads only the median pixels a block maps into, and is faster than the numpy one.
 
 Drizzle clips each input's outline against the output array before it scans input rows, and
 keeps only input pixels wholly inside the clipped outline; the outline's corners are found by an

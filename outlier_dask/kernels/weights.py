@@ -41,8 +41,8 @@ _CLIP_MAXITERS = 5
 
 #: Values per piece in the passes over the weights (256 KiB of float32): a piece and the
 #: temporaries made from it stay in the CPU cache through the several operations on them,
-#: where whole-array operations would each go through memory (the threshold of 8.4e6
-#: weights took 0.100 s, now 0.078 s, on the benchmark machine).
+#: where whole-array operations would each go through memory (measured on the performance
+#: page).
 _PIECE = 1 << 16
 
 

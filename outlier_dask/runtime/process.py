@@ -6,7 +6,7 @@ start to exit, and sets it up for the run:
 - **BLAS with one thread.** numpy and scipy each load an OpenBLAS that starts a thread per
   core, and each thread spins for a while before it sleeps. Nothing in a run calls BLAS on
   large arrays, and the workers fill the cores; the spinning threads only took CPU from the
-  one-core start of the run (0.07 s of the imports on the 2-core benchmark machine). The
+  one-core start of the run (measured on the performance page). The
   thread counts are set before numpy is imported, unless the user set them; they are what
   ``dask.distributed`` sets for its workers.
 - **No transparent huge pages for numpy's arrays.** numpy asks the kernel for huge pages for

@@ -101,7 +101,7 @@ def start_runner(
         return
     kind = params.scheduler
     # The local schedulers are given as functions, not names: for a name, dask imports
-    # ``distributed`` to look for a default client (0.08 s before the first task starts).
+    # ``distributed`` to look for a default client before the first task starts.
     if kind == "synchronous":
         yield Runner(kind, 1, {"scheduler": dask.local.get_sync})
     elif kind == "threads":
