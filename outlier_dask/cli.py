@@ -6,8 +6,9 @@ form taking ``--name value`` or ``--name=value``; booleans also take the ``strun
 ``stpipe`` ASDF parameter file first; options given on the command line win.
 
 Exit statuses: 0 success (or the step skipped, as the pipeline does with one input), 1 failure,
-2 usage error (bad option or parameter value). Errors are one line on stderr naming the file,
-input or parameter; ``--debug`` adds the traceback.
+2 usage error (bad option or parameter value), 130 interrupted by Ctrl-C (SIGINT) and 143
+stopped by SIGTERM, as a shell reports a process ended by those signals. Errors are one line
+on stderr naming the file, input or parameter; ``--debug`` adds the traceback.
 
 The installed command (and ``python -m outlier_dask``) calls :func:`command`, which sets up
 the process it owns (:mod:`outlier_dask.runtime.process`) and then runs :func:`main`. This
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 import traceback
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["command", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: A shell's status for a process ended by a signal: 128 + the signal's number.
+EXIT_SIGNAL_BASE = 128
 
 _STAGE_NAMES = {"blot_flag": "blot+flag"}
 
@@ -373,9 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _run, "info": _info, "demo": _demo}
     try:
         return commands[args.command](args)
-    except KeyboardInterrupt:
-        print("outlier-dask: interrupted", file=sys.stderr)
-        return EXIT_FAILURE
+    except KeyboardInterrupt as interrupt:
+        # runtime/signals.py raises it with the signal's name; a bare one is Ctrl-C.
+        name = str(interrupt) or "SIGINT"
+        print(f"outlier-dask: interrupted ({name})", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + int(getattr(signal, name, signal.SIGINT))
     except Exception as exc:  # noqa: BLE001 - every failure ends with one line, not a traceback
         status, message = _status_and_message(exc)
         if args.debug:
