@@ -42,6 +42,7 @@ from outlier_dask.io.validation import (
     check_output_paths,
     check_scheduler_reachable,
     check_tls_files,
+    check_work_dir,
     disk_full_explained,
     prepare_output_dir,
     product_bytes,
@@ -223,10 +224,9 @@ def _check_before_work(
     flagged, extra = _planned_products(members, product, params, from_files)
     cleanup = _run_cleanup.get()
     cleanup.enter_context(removed_on_failure([*flagged, *extra]))
-    folders = [
-        ("output_dir", Path(params.output_dir)),
-        ("work_dir", scratch_parent(local_work_dir(params.work_dir))),
-    ]
+    work_dir = scratch_parent(local_work_dir(params.work_dir))
+    check_work_dir(work_dir)
+    folders = [("output_dir", Path(params.output_dir)), ("work_dir", work_dir)]
     cleanup.enter_context(disk_full_explained(folders))
     if len(members) < 2 and flagged:
         check_free_space(

@@ -370,6 +370,11 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
             if kind != "ImageModel":
                 raise AssociationError(f"{label}: not a JWST image model ({kind})")
             shapes = _image_shapes(hdul)
+            if "DQ" in hdul and hdul["DQ"].header.get("BITPIX", 32) < 0:
+                raise AssociationError(
+                    f"{label}: DQ is stored as floats (BITPIX {hdul['DQ'].header['BITPIX']}), "
+                    "not as integers; the step needs DQ bit flags (an integer image)"
+                )
             # stdatamodels reads the tree and, where the headers were edited after it was
             # written, the edited keywords, as it documents.
             with datamodels.ImageModel(hdul) as model:

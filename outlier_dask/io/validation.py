@@ -38,6 +38,7 @@ __all__ = [
     "check_free_space",
     "check_inputs",
     "check_output_paths",
+    "check_work_dir",
     "check_scheduler_reachable",
     "check_tls_files",
     "disk_full_explained",
@@ -360,6 +361,12 @@ def warn_about_overlap(
 
 
 # --------------------------------------------------------------------------- outputs
+
+
+def check_work_dir(work_dir: Path) -> None:
+    """Refuse a ``work_dir`` that exists and is not a folder (it is made if missing)."""
+    if work_dir.exists() and not work_dir.is_dir():
+        raise OutputError(f"work_dir: {work_dir} exists and is not a folder")
 
 
 def prepare_output_dir(out_dir: Path) -> None:

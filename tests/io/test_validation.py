@@ -328,3 +328,26 @@ def test_command_line_errors_are_one_line_with_a_status(
     assert len(errors) == 1, err
     assert message in errors[0]
     assert "Traceback" not in err
+
+
+def test_dq_stored_as_floats_is_refused(models, tmp_path, no_heavy_work):
+    """A DQ image of floats (an edited file) is named before any work, not a numpy error."""
+    from astropy.io import fits
+
+    for model in models:
+        model.save(tmp_path / model.meta.filename)
+    damaged = tmp_path / models[1].meta.filename
+    with fits.open(damaged, mode="update") as hdul:
+        hdul["DQ"].data = hdul["DQ"].data.astype(np.float32)
+    with pytest.raises(
+        AssociationError, match=rf"{damaged.name}: DQ is stored as floats \(BITPIX -32\)"
+    ):
+        _run([tmp_path / m.meta.filename for m in models], output_dir=tmp_path / "out")
+
+
+def test_work_dir_that_is_a_file_is_refused(models, tmp_path, no_heavy_work):
+    not_a_folder = tmp_path / "work"
+    not_a_folder.write_text("a file")
+    with pytest.raises(ValueError, match=rf"work_dir: {not_a_folder} exists and is not a folder"):
+        _run(models, work_dir=not_a_folder, in_memory=False)
+    assert not_a_folder.read_text() == "a file"
