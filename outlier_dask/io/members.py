@@ -7,6 +7,7 @@ task needs (FITS files are memory-mapped), so process workers exchange file name
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -361,6 +362,7 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
             # Metadata only: a raw memory map reads the headers, the ASDF tree and the array
             # shapes, not the ~100 MB of pixels (unscaled DQ is never used from this model).
             hdul = fits.open(entry.path, memmap=True, do_not_scale_image_data=True)
+            _refuse_truncated(hdul, entry.path, label)
             if "ASDF" not in hdul:
                 raise AssociationError(
                     f"{label}: not a JWST data product (a FITS file without the ASDF "
@@ -392,6 +394,19 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
     with hdul:
         source = FileSource(str(entry.path), shapes)
         return _member_from_fields(fields, index, label, source, entry.group_id, entry.path)
+
+
+def _refuse_truncated(hdul: fits.HDUList, path: Path, label: str) -> None:
+    """Refuse a file shorter than its headers say (a copy or download cut off)."""
+    size = os.path.getsize(path)
+    for index, hdu in enumerate(hdul):
+        info = hdul.fileinfo(index)
+        end = info["datLoc"] + info["datSpan"]
+        if end > size:
+            raise AssociationError(
+                f"{label}: truncated or damaged FITS file: extension {index} ({hdu.name}) "
+                f"ends at byte {end}, the file has {size} bytes"
+            )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -351,3 +351,17 @@ def test_work_dir_that_is_a_file_is_refused(models, tmp_path, no_heavy_work):
     with pytest.raises(ValueError, match=rf"work_dir: {not_a_folder} exists and is not a folder"):
         _run(models, work_dir=not_a_folder, in_memory=False)
     assert not_a_folder.read_text() == "a file"
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.7])
+def test_truncated_file_is_named_as_truncated(models, tmp_path, no_heavy_work, fraction):
+    """A file cut off in the middle of an extension is reported as truncated, not as a file
+    that is not a JWST product."""
+    for model in models:
+        model.save(tmp_path / model.meta.filename)
+    cut = tmp_path / models[0].meta.filename
+    size = cut.stat().st_size
+    with cut.open("r+b") as stream:
+        stream.truncate(int(size * fraction))
+    with pytest.raises(AssociationError, match=rf"{cut.name}: truncated or damaged FITS file"):
+        _run([tmp_path / m.meta.filename for m in models], output_dir=tmp_path / "out")
