@@ -19,6 +19,7 @@ import shutil
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -188,15 +189,45 @@ def check_arrays(members: Sequence[Member], params: OutlierParameters) -> None:
             )
 
 
-def _has_usable_pixel(member: Member, good_bits: str) -> bool:
-    """Whether any pixel has no bad DQ bit (under ``good_bits``) and a finite SCI value."""
+@dataclass(frozen=True)
+class _Usable:
+    """What the first rows with usable pixels of an input say about its arrays."""
+
+    pixels: bool
+    err: bool
+    var_rnoise: bool
+
+
+def _usable(member: Member, good_bits: str, rnoise: bool) -> _Usable:
+    """Whether any pixel is usable (no bad DQ bit under ``good_bits``, finite SCI), and
+    whether ERR (and, with ``rnoise``, VAR_RNOISE) is finite and above 0 at any of them.
+
+    Rows are read a window at a time until every answer is yes, so a normal input costs one
+    window of each array.
+    """
     ny, nx = member.shape
+    pixels = err = False
+    var = not rnoise
     for r0 in range(0, ny, USABLE_SEARCH_ROWS):
         window = ((r0, min(ny, r0 + USABLE_SEARCH_ROWS)), (0, nx))
         good = good_pixel_mask(member.source.read("DQ", window), good_bits)
-        if good.any() and np.isfinite(member.source.read("SCI", window)[good]).any():
-            return True
-    return False
+        if not good.any():
+            continue
+        good &= np.isfinite(member.source.read("SCI", window))
+        if not good.any():
+            continue
+        pixels = True
+        names = ("ERR", "VAR_RNOISE") if not var else ("ERR",)
+        for name, values in zip(names, member.source.read_all(names, window), strict=True):
+            with np.errstate(invalid="ignore"):
+                positive = bool((values[good] > 0).any())  # NaN compares False
+            if name == "ERR":
+                err = err or positive
+            else:
+                var = var or positive
+        if err and var:
+            break
+    return _Usable(pixels, err, var)
 
 
 def check_usable_pixels(members: Sequence[Member], params: OutlierParameters) -> None:
@@ -204,14 +235,29 @@ def check_usable_pixels(members: Sequence[Member], params: OutlierParameters) ->
 
     An input whose every pixel is bad adds nothing to the median and can have nothing
     flagged; the others are still worth checking, so the run goes on. When every input is
-    like that the usual cause is a wrong ``good_bits``, and the run stops.
+    like that the usual cause is a wrong ``good_bits``, and the run stops. An input whose ERR
+    is 0 or not finite at every usable pixel is refused (the flag rule's noise would be 0);
+    with ``weight_type="ivm"``, one whose VAR_RNOISE is 0, negative or not finite there gets
+    drizzle weight 0 everywhere, as in the reference, and a warning says so.
     """
-    empty = [m.name for m in members if not _has_usable_pixel(m, params.good_bits)]
+    rnoise = {
+        m.name: params.weight_type == "ivm"
+        and var_rnoise_usable(m.source.shape_of("VAR_RNOISE"), m.shape)
+        for m in members
+    }
+    found = {m.name: _usable(m, params.good_bits, rnoise[m.name]) for m in members}
+    empty = [name for name, usable in found.items() if not usable.pixels]
     if len(empty) == len(members):
         raise AssociationError(
             f"no input has a usable pixel: every pixel is NaN or has a bad DQ bit under "
             f"good_bits={params.good_bits!r}; check good_bits"
         )
+    for name, usable in found.items():
+        if usable.pixels and not usable.err:
+            raise AssociationError(
+                f"{name}: ERR is 0 or not finite at every usable pixel; the flag rule "
+                "compares each pixel with the median in units of ERR, so it needs a real ERR"
+            )
     if empty:
         log.warning(
             "%d input(s) have no usable pixel (NaN or bad DQ under good_bits=%r everywhere): %s; "
@@ -219,6 +265,15 @@ def check_usable_pixels(members: Sequence[Member], params: OutlierParameters) ->
             len(empty),
             params.good_bits,
             _names(empty),
+        )
+    weightless = [n for n, u in found.items() if u.pixels and not u.var_rnoise]
+    if weightless:
+        log.warning(
+            "VAR_RNOISE is 0, negative or not finite at every usable pixel of %d input(s) "
+            "(%s): with weight_type='ivm' their drizzle weights are 0, as in the reference, so "
+            "they add nothing to the median (their own pixels are still flagged)",
+            len(weightless),
+            _names(weightless),
         )
 
 

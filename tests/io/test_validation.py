@@ -365,3 +365,34 @@ def test_truncated_file_is_named_as_truncated(models, tmp_path, no_heavy_work, f
         stream.truncate(int(size * fraction))
     with pytest.raises(AssociationError, match=rf"{cut.name}: truncated or damaged FITS file"):
         _run([tmp_path / m.meta.filename for m in models], output_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize("value", [0.0, np.nan])
+def test_err_without_a_real_value_is_refused(models, no_heavy_work, value):
+    models[1].err[...] = value
+    with pytest.raises(
+        AssociationError, match=rf"{models[1].meta.filename}: ERR is 0 or not finite at every"
+    ):
+        _run(models)
+
+
+def test_err_real_at_one_usable_pixel_is_enough(models, caplog):
+    models[1].err[...] = 0.0
+    models[1].err[40, 50] = 1.0
+    result = _run(models)
+    assert result.status == "COMPLETE"
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_var_rnoise_without_a_weight_is_a_warning(models, caplog, value):
+    """The reference gives such an input drizzle weight 0 everywhere; so does the run, and
+    says so (with exptime weights VAR_RNOISE is not used, and nothing is said)."""
+    models[0].var_rnoise[...] = value
+    with caplog.at_level(logging.WARNING, logger="outlier_dask"):
+        _run(models)
+    name = models[0].meta.filename
+    assert f"at every usable pixel of 1 input(s) ({name}): with weight_type='ivm'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="outlier_dask"):
+        _run(models, weight_type="exptime")
+    assert "VAR_RNOISE is 0" not in caplog.text
