@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status, message = _status_and_message(exc)
         if args.debug:
             traceback.print_exception(exc)
-        elif status == EXIT_FAILURE and not isinstance(exc, ValueError | OSError):
+        elif status == EXIT_FAILURE and message.startswith(f"{type(exc).__name__}: "):
             message += " (--debug shows the traceback)"
         print(f"outlier-dask: error: {message}", file=sys.stderr)
         return status
@@ -398,8 +398,11 @@ def _status_and_message(exc: Exception) -> tuple[int, str]:
 
     if isinstance(exc, ParameterError):
         return EXIT_USAGE, _one_line(exc)
-    if isinstance(exc, ValueError | OSError):
-        # Ours name the file, input or parameter; so do the OSErrors of opening files.
+    from outlier_dask.runtime.schedulers import WorkerDiedError
+
+    if isinstance(exc, ValueError | OSError | WorkerDiedError):
+        # Ours name the file, input, parameter or what to do; so do the OSErrors of opening
+        # files.
         return EXIT_FAILURE, _one_line(exc)
     return EXIT_FAILURE, f"{type(exc).__name__}: {_one_line(exc)}"
 

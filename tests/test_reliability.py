@@ -435,3 +435,36 @@ def test_outside_the_main_thread_nothing_is_installed():
     thread.start()
     thread.join()
     assert seen == [signal.getsignal(signal.SIGTERM)]
+
+
+_KILL_A_WORKER = """
+import os, signal, sys
+import outlier_dask.engine.tasks as tasks
+
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does
+
+tasks.build_group_mosaic = killed
+from outlier_dask.cli import main
+sys.exit(main(["run", sys.argv[1], "--output-dir", sys.argv[2], "--work-dir", sys.argv[3]]))
+"""
+
+
+def test_a_killed_worker_ends_the_run_with_one_line_saying_what_to_try(association, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, "-c", _KILL_A_WORKER, str(association.asn_path), str(out), str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "outlier-dask: error: a worker process died during the drizzle stage (ended by a "
+        "signal, often the out-of-memory killer); try a lower --memory-limit or fewer "
+        "--n-workers"
+    )
+    assert "Traceback" not in done.stderr
+    assert _leftovers(out, work) == []

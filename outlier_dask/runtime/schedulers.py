@@ -19,6 +19,7 @@ import signal
 import ssl
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +33,17 @@ from outlier_dask.parameters import OutlierParameters, parse_memory_size
 
 __all__ = [
     "Runner",
+    "WorkerDiedError",
     "client_ssl_context",
     "resolve_security",
     "start_runner",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process ended while it ran a task (killed, e.g. for memory)."""
 
 
 @dataclass
@@ -71,11 +77,22 @@ class Runner:
         """Compute dask collections (delayed objects, arrays) and return their values.
 
         ``stage`` names the step for progress displays (drizzle, median, blot+flag, write).
+
+        Raises
+        ------
+        WorkerDiedError
+            If a worker process of the ``processes`` scheduler died during the stage.
         """
-        if self.progress is None:
-            return dask.compute(*collections, **self._options)
-        with self.progress(stage, self):
-            return dask.compute(*collections, **self._options)
+        try:
+            if self.progress is None:
+                return dask.compute(*collections, **self._options)
+            with self.progress(stage, self):
+                return dask.compute(*collections, **self._options)
+        except BrokenProcessPool:
+            raise WorkerDiedError(
+                f"a worker process died during the {stage} stage (ended by a signal, often the "
+                "out-of-memory killer); try a lower --memory-limit or fewer --n-workers"
+            ) from None
 
     @property
     def dashboard_link(self) -> str | None:
