@@ -358,3 +358,25 @@ def test_local_cluster_run_names_the_dashboard_once(association, tmp_path, caplo
     report = json.loads((tmp_path / "synth_outlier_report.json").read_text())
     assert report["scheduler"]["kind"] == "distributed"
     assert report["scheduler"]["dashboard"] in dashboard[0]
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "status", "named"),
+    [
+        (KeyboardInterrupt(), 130, "SIGINT"),
+        (KeyboardInterrupt("SIGINT"), 130, "SIGINT"),
+        (KeyboardInterrupt("SIGTERM"), 143, "SIGTERM"),
+    ],
+)
+def test_an_interrupt_exits_as_a_shell_reports_its_signal(
+    monkeypatch, tmp_path, capsys, interrupt, status, named
+):
+    """Ctrl-C (a bare KeyboardInterrupt, or runtime/signals.py's) exits 130, SIGTERM 143."""
+    import outlier_dask.api
+
+    def interrupted(*args, **kwargs):
+        raise interrupt
+
+    monkeypatch.setattr(outlier_dask.api, "detect_outliers", interrupted)
+    assert main(["run", str(tmp_path / "x_asn.json")]) == status
+    assert capsys.readouterr().err.strip() == f"outlier-dask: interrupted ({named})"
