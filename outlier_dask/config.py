@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from outlier_dask.parameters import OutlierParameters, ParameterError
+from outlier_dask.parameters import OutlierParameters, ParameterError, not_a_parameter
 
 __all__ = [
     "IGNORED_KEYS",
@@ -139,7 +139,7 @@ def read_parameter_file(path: str | Path) -> dict[str, Any]:
         elif key in IGNORED_KEYS:
             log.debug("%s: ignoring %s (not used by imaging outlier detection)", path, key)
         else:
-            raise ParameterError(f"{path}: {raw_key}: not a parameter of outlier detection")
+            raise ParameterError(f"{path}: {not_a_parameter(raw_key)}")
     return found
 
 

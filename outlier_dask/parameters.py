@@ -16,6 +16,7 @@ documentation's parameter table are all made from these fields (:data:`PARAMETER
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -30,6 +31,7 @@ __all__ = [
     "PARAMETER_HELP",
     "OutlierParameters",
     "ParameterError",
+    "not_a_parameter",
     "parameter_default_text",
     "parse_bool",
     "parse_memory_size",
@@ -44,6 +46,14 @@ class ParameterError(ValueError):
     """A parameter value is of the wrong type or out of range; the message names it."""
 
 
+def not_a_parameter(raw_name: str) -> str:
+    """The message for a name that is no parameter, with the nearest parameter's name."""
+    names = [f.name for f in fields(OutlierParameters) if f.init]
+    close = difflib.get_close_matches(str(raw_name).replace("-", "_"), names, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"{raw_name}: not a parameter of outlier detection{hint}"
+
+
 def parse_bool(value: Any, name: str) -> bool:
     """Read a boolean the way ``strun`` does (``True``/``False``, also yes/no, 1/0)."""
     if isinstance(value, bool):
@@ -56,9 +66,19 @@ def parse_bool(value: Any, name: str) -> bool:
     raise ParameterError(f"{name}: expected True or False, got {value!r}")
 
 
+#: Size units as dask spells them: K, M, G, T (with or without B) decimal, Ki... (with or
+#: without B) binary, in any case.
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
     "kb": 10**3,
     "mb": 10**6,
     "gb": 10**9,
@@ -251,7 +271,7 @@ class OutlierParameters:
     threads_per_worker: int = _parameter(1, "threads per worker with local-cluster")
     memory_limit: str | None = _parameter(
         None,
-        "memory budget of the run, bytes or e.g. 4GiB, 800MB: workers, tiles and in_memory "
+        "memory budget of the run, bytes or e.g. 4GiB, 4G, 800MB: workers, tiles and in_memory "
         "follow from it",
         none="half of this machine's memory",
     )
@@ -349,7 +369,7 @@ class OutlierParameters:
         for raw_name, value in values.items():
             name = raw_name.replace("-", "_")
             if name not in converters:
-                raise ParameterError(f"{raw_name}: not a parameter of outlier detection")
+                raise ParameterError(not_a_parameter(raw_name))
             typed[name] = None if value is None else converters[name](value, name)
         return cls(**typed)
 

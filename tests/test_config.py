@@ -108,7 +108,9 @@ def test_unknown_key_names_the_file_and_the_key(tmp_path):
     path = _write(tmp_path / "pars.yaml", "snr: 5.0 4.0\nsnrr: 3\n")
     with pytest.raises(ParameterError) as info:
         read_parameter_file(path)
-    assert str(info.value) == f"{path}: snrr: not a parameter of outlier detection"
+    assert (
+        str(info.value) == f"{path}: snrr: not a parameter of outlier detection; did you mean snr?"
+    )
 
 
 def test_unknown_key_inside_asdf_parameters(tmp_path):

@@ -92,10 +92,37 @@ def test_unknown_and_mistyped_names():
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("1GiB", 2**30), ("800MB", 800 * 10**6), ("2.5 GB", 2_500_000_000), (4096, 4096)],
+    [
+        ("1GiB", 2**30),
+        ("800MB", 800 * 10**6),
+        ("2.5 GB", 2_500_000_000),
+        (4096, 4096),
+        ("4G", 4 * 10**9),
+        ("4GB", 4 * 10**9),
+        ("4gib", 4 * 2**30),
+        ("4Gi", 4 * 2**30),
+        ("4096MiB", 4 * 2**30),
+        ("512M", 512 * 10**6),
+    ],
 )
 def test_memory_sizes(text, size):
+    """The usual spellings, as dask reads them: K, M, G, T decimal; Ki, Mi, Gi, Ti binary."""
     assert parse_memory_size(text) == size
+
+
+def test_unknown_size_unit_is_named():
+    with pytest.raises(ParameterError, match="unknown unit 'gg' in '4gg'"):
+        parse_memory_size("4gg")
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"), [("snrr", "snr"), ("in_memroy", "in_memory"), ("maskp", "maskpt")]
+)
+def test_a_mistyped_name_suggests_the_nearest(typo, meant):
+    with pytest.raises(
+        ParameterError, match=rf"{typo}: not a parameter .*; did you mean {meant}\?"
+    ):
+        OutlierParameters.from_mapping({typo: "1"})
 
 
 @pytest.mark.parametrize(("text", "value"), [("True", True), ("false", False), ("1", True)])
