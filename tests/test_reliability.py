@@ -223,7 +223,7 @@ if _stage:
 
     _module_name, _name = {
         "drizzle": ("outlier_dask.engine.tasks", "build_group_mosaic"),
-        "median": ("outlier_dask.engine.handover", "nanmedian_stack"),
+        "median": ("outlier_dask.kernels.median", "nanmedian_stack"),
         "blot": ("outlier_dask.engine.tasks", "blot_and_flag_block"),
         "write": ("outlier_dask.io.flagged_fits", "write_flagged_fits"),
     }[_stage]

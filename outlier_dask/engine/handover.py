@@ -57,7 +57,6 @@ from outlier_dask.geometry.windows import (
     tiled_area,
     tiles_covering,
 )
-from outlier_dask.kernels.median import nanmedian_stack
 from outlier_dask.kernels.weights import mask_low_weight
 
 if TYPE_CHECKING:
@@ -328,10 +327,35 @@ class Handover:
             return StorePlanes(self.store)
         return WorkerPlanes(self.plan.tile_shape, self.plan.grid_shape)
 
-    @property
-    def results_stay_on_workers(self) -> bool:
-        """Whether group results must stay where they were computed (persisted)."""
-        return self.kind == WORKERS
+    def run_groups(self, tasks: list[Any], runner: Any) -> tuple[list, list, list, list]:
+        """Run the group tasks, their results left where this handover keeps the stack.
+
+        Returns
+        -------
+        outcomes : list
+            Per group, its result (persisted delayed objects on a cluster, which keeps them).
+        layout : list of (Window or None, float)
+            Per group, the window its plane holds and its outside value.
+        thresholds : list of float
+            Per group, its weight threshold.
+        mosaics : list of (GroupMosaic or None)
+            Per group, its unmasked mosaic in this process (None unless the task kept it).
+        """
+        import dask
+
+        fields = operator.attrgetter("threshold", "written", "outside", "mosaic")
+        if self.kind == WORKERS:
+            outcomes = list(runner.persist(*tasks, stage="drizzle"))
+            # Only these small fields come to this process; the tiles stay on the workers.
+            summaries = runner.compute(
+                *[dask.delayed(fields)(o) for o in outcomes], stage="drizzle"
+            )
+        else:
+            outcomes = list(runner.compute(*tasks, stage="drizzle"))
+            summaries = [fields(o) for o in outcomes]
+        thresholds = [threshold for threshold, _, _, _ in summaries]
+        layout = [(written, outside) for _, written, outside, _ in summaries]
+        return outcomes, layout, thresholds, [mosaic for *_, mosaic in summaries]
 
     def stack(self, outcomes: list[Any], written: list[tuple]) -> da.Array:
         """The masked stack as a dask array of ``(G, ty, tx)`` blocks.
@@ -414,21 +438,6 @@ class Handover:
             return np.asarray(self.store.array("median")[...])
         (median,) = runner.compute(self._median, stage="median")
         return median
-
-
-def median_of_block(block: np.ndarray) -> np.ndarray:
-    """NaN-median over groups of one ``(G, ty, tx)`` block: ``(ty, tx)`` float32."""
-    return nanmedian_stack(block)
-
-
-def gather_small(outcomes: list[Any], runner: Any) -> list[tuple]:
-    """Per group, ``(threshold, written, outside)`` of results persisted on workers."""
-    import dask
-
-    small = [
-        dask.delayed(operator.attrgetter("threshold", "written", "outside"))(o) for o in outcomes
-    ]
-    return list(runner.compute(*small, stage="drizzle"))
 
 
 @contextlib.contextmanager

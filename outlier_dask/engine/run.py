@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import dask
 import numpy as np
 
-from outlier_dask.engine.handover import Handover, gather_small, median_of_block
+from outlier_dask.engine.handover import Handover
 from outlier_dask.engine.plan import BlockPlan, Plan
 from outlier_dask.engine.tasks import (
     DrizzleSettings,
@@ -33,6 +33,7 @@ from outlier_dask.engine.tasks import (
     drizzle_group,
     flag_input,
 )
+from outlier_dask.kernels.median import nanmedian_stack
 from outlier_dask.parameters import OutlierParameters
 
 __all__ = ["EngineResult", "Executor", "run_plan"]
@@ -129,20 +130,13 @@ def run_plan(
         )
         for g, group in enumerate(plan.groups)
     ]
-    if handover.results_stay_on_workers:
-        outcomes = list(runner.persist(*tasks, stage="drizzle"))
-        small = gather_small(outcomes, runner)
-        mosaics = list(runner.compute(*[o.mosaic for o in outcomes])) if keep else None
-    else:
-        outcomes = list(runner.compute(*tasks, stage="drizzle"))
-        small = [(o.threshold, o.written, o.outside) for o in outcomes]
-        mosaics = [o.mosaic for o in outcomes] if keep else None
+    outcomes, layout, thresholds, mosaics = handover.run_groups(tasks, runner)
     timings["drizzle"] = time.perf_counter() - started
     log.info("stage drizzle: %d grouped mosaics in %.1f s", plan.n_groups, timings["drizzle"])
 
     started = time.perf_counter()
-    stack = handover.stack(outcomes, [(written, outside) for _, written, outside in small])
-    median = stack.map_blocks(median_of_block, drop_axis=0, dtype=np.float32)
+    stack = handover.stack(outcomes, layout)
+    median = stack.map_blocks(nanmedian_stack, drop_axis=0, dtype=np.float32)
     handover.keep_median(median, runner)
     del outcomes  # a cluster may now forget the group results (the median holds what is left)
     timings["median"] = time.perf_counter() - started
@@ -161,9 +155,9 @@ def run_plan(
     return EngineResult(
         masks=[o.mask for o in outcomes_by_input],
         median=handover.median_array(runner) if keep or keep_median else None,
-        mosaics=mosaics,
+        mosaics=mosaics if keep else None,
         blots=[o.blot for o in outcomes_by_input] if keep else None,
-        thresholds=[threshold for threshold, _, _ in small],
+        thresholds=thresholds,
         timings=timings,
         valid_pixels=[o.valid for o in outcomes_by_input],
         covered_pixels=[o.covered for o in outcomes_by_input],
