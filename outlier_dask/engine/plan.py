@@ -14,7 +14,7 @@ import gwcs
 
 from outlier_dask.geometry.output_grid import footprints_from_s_region, output_wcs_from_footprints
 from outlier_dask.geometry.pixel_map import PixelMap, build_pixel_map
-from outlier_dask.geometry.windows import Window, tile_ranges, union
+from outlier_dask.geometry.windows import Window, contains, tile_ranges, union
 from outlier_dask.io.members import Member
 from outlier_dask.kernels.flags import FLAG_HALO_PX
 from outlier_dask.parameters import OutlierParameters
@@ -43,11 +43,15 @@ class GroupPlan:
         Member indices in group order.
     region : Window
         ``((y0, y1), (x0, x1))`` half-open, in output-grid pixels.
+    outlines_inside : tuple of bool
+        Per member, whether its outline lies inside the grid, so that drizzle clips nothing
+        of it (:attr:`~outlier_dask.kernels.resample.DrizzleInput.outline_inside`).
     """
 
     group_id: str
     members: tuple[int, ...]
     region: Window
+    outlines_inside: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,18 +127,36 @@ def _mapped_window(
 ) -> Window | None:
     """The rectangle of the grid an input window maps into, plus ``margin`` pixels, clipped
     to the grid (None if it maps nowhere on it)."""
+    bounds = _mapped_bounds(pixel_map, window, margin)
+    if bounds is None:
+        return None
+    (y0, y1), (x0, x1) = bounds
+    gy, gx = grid_shape
+    y0, y1, x0, x1 = max(0, y0), min(gy, y1), max(0, x0), min(gx, x1)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return (y0, y1), (x0, x1)
+
+
+def _mapped_bounds(pixel_map: PixelMap, window: Window, margin: int) -> Window | None:
+    """The rectangle an input window maps into, plus ``margin`` pixels, not clipped."""
     bounds = pixel_map.border_bounds(*window)
     if bounds is None:
         return None
     xmin, xmax, ymin, ymax = bounds
-    gy, gx = grid_shape
-    y0 = max(0, math.floor(ymin) - margin)
-    y1 = min(gy, math.ceil(ymax) + margin + 1)
-    x0 = max(0, math.floor(xmin) - margin)
-    x1 = min(gx, math.ceil(xmax) + margin + 1)
-    if y0 >= y1 or x0 >= x1:
-        return None
-    return (y0, y1), (x0, x1)
+    return (
+        (math.floor(ymin) - margin, math.ceil(ymax) + margin + 1),
+        (math.floor(xmin) - margin, math.ceil(xmax) + margin + 1),
+    )
+
+
+def _outline_inside_grid(pixel_map: PixelMap, shape: tuple[int, int], grid_shape) -> bool:
+    """Whether a whole input's outline, with the region margin, lies inside the grid (and so
+    inside its group's region, where drizzle then clips nothing of it)."""
+    bounds = _mapped_bounds(pixel_map, ((0, shape[0]), (0, shape[1])), REGION_MARGIN_PX)
+    if bounds is None:
+        return False
+    return contains(((0, grid_shape[0]), (0, grid_shape[1])), bounds)
 
 
 def _blocks_of(
@@ -202,7 +224,10 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
             if region is not None:
                 regions.append(region)
         region = union(regions) if regions else ((0, 0), (0, 0))
-        groups.append(GroupPlan(group_id, tuple(indices), region))
+        inside = tuple(
+            _outline_inside_grid(pixel_maps[i], members[i].shape, grid_shape) for i in indices
+        )
+        groups.append(GroupPlan(group_id, tuple(indices), region, inside))
     blocks = [
         b
         for m in members

@@ -156,18 +156,22 @@ def _weights(info: MemberTaskInfo, settings: DrizzleSettings) -> np.ndarray:
 
 
 def _drizzle_input(
-    info: MemberTaskInfo, settings: DrizzleSettings, origin: tuple[int, int]
+    info: MemberTaskInfo, settings: DrizzleSettings, origin: tuple[int, int], inside: bool
 ) -> DrizzleInput:
-    """One member's arrays, its pixel map counted from ``origin`` ``(y0, x0)`` of the region."""
+    """One member's arrays, its pixel map counted from ``origin`` ``(y0, x0)`` of the region
+    (``inside``: its outline lies inside the region)."""
     sci = info.source.read("SCI")
     if info.background_level is not None:
         sci -= np.float32(info.background_level)
-    ny, nx = info.shape
+    n_rows, n_columns = info.shape
+    _, _, ymin, ymax = info.pixel_map.valid_range
     return DrizzleInput(
         data=sci,
         weight=_weights(info, settings),
-        pixmap=info.pixel_map.evaluate((0, ny), (0, nx), origin),
+        pixmap_rows=lambda r0, r1: info.pixel_map.evaluate((r0, r1), (0, n_columns), origin),
         exposure_time=info.exposure_time,
+        valid_rows=(max(int(ymin), 0), min(int(ymax) + 1, n_rows)),
+        outline_inside=inside,
     )
 
 
@@ -187,7 +191,10 @@ def build_group_mosaic(
     else:
         data, weight = drizzle_onto_region(
             # Members loaded one at a time: a group task holds one input's arrays at once.
-            (_drizzle_input(info, settings, (y0, x0)) for info in infos),
+            (
+                _drizzle_input(info, settings, (y0, x0), inside)
+                for info, inside in zip(infos, group.outlines_inside, strict=True)
+            ),
             (y1 - y0, x1 - x0),
             kernel=settings.kernel,
             pixfrac=settings.pixfrac,

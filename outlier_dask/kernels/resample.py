@@ -16,13 +16,35 @@ as the reference's full grid does, which gives the reference's values exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from drizzle.resample import Drizzle, blot_image
 
-__all__ = ["DrizzleInput", "blot_bilinear", "blot_from_whole_median", "drizzle_onto_region"]
+__all__ = [
+    "MIN_STRIP_ROWS",
+    "STRIP_PIXMAP_BYTES",
+    "DrizzleInput",
+    "blot_bilinear",
+    "blot_from_whole_median",
+    "drizzle_onto_region",
+    "strip_rows",
+    "strips_of",
+]
+
+
+PixmapRows = Callable[[int, int], np.ndarray]
+"""``pixmap_rows(r0, r1)``: output positions of input rows ``[r0, r1)``, shape
+(r1 - r0, wx, 2), float64 (x, y), as :attr:`DrizzleInput.pixmap_rows` gives them."""
+
+STRIP_PIXMAP_BYTES = 8 * 2**20
+"""Largest pixel map a strip of an input is drizzled with (float64 x, y per pixel).
+
+A whole 2048 x 2048 map is 64 MiB, and the allocator hands arrays that large fresh pages from
+the kernel, which are faulted in and zeroed on every task; strips of this size reuse memory the
+process already has, and bound a group task's pixel-map memory whatever the detector size.
+"""
 
 
 @dataclass(frozen=True)
@@ -35,17 +57,91 @@ class DrizzleInput:
         Science values of the window (background already subtracted), in the units of SCI.
     weight : ndarray, shape (wy, wx), float32
         Drizzle weight per input pixel (0 where unusable).
-    pixmap : ndarray, shape (wy, wx, 2), float64
-        Position (x, y) of each input pixel centre on the region :func:`drizzle_onto_region`
-        fills, 0-based: its output-grid position minus the region's origin.
+    pixmap_rows : callable
+        ``pixmap_rows(r0, r1)`` is the position (x, y) of each input pixel centre of rows
+        ``[r0, r1)`` on the region :func:`drizzle_onto_region` fills, 0-based (its output-grid
+        position minus the region's origin): shape (r1 - r0, wx, 2), float64, NaN where unknown.
+        Evaluated strip by strip, so that the whole map never needs to exist.
     exposure_time : float
         Exposure time in seconds (> 0); bookkeeping only, as data are in rate units.
+    valid_rows : (int, int) or None
+        ``[r0, r1)``: the rows outside which the pixel map is NaN (the WCS's bounding box);
+        None: unknown, every row.
+    outline_inside : bool
+        The input's outline (its border's positions, half a pixel out) lies inside the
+        region, so drizzle clips nothing of it: only then is it drizzled in strips.
     """
 
     data: np.ndarray
     weight: np.ndarray
-    pixmap: np.ndarray
+    pixmap_rows: PixmapRows
     exposure_time: float
+    valid_rows: tuple[int, int] | None = None
+    outline_inside: bool = False
+
+    @classmethod
+    def with_pixmap(
+        cls,
+        data: np.ndarray,
+        weight: np.ndarray,
+        pixmap: np.ndarray,
+        exposure_time: float,
+        outline_inside: bool = False,
+    ) -> DrizzleInput:
+        """An input whose whole pixel map, shape (wy, wx, 2) float64, is already computed."""
+        return cls(data, weight, lambda r0, r1: pixmap[r0:r1], exposure_time, None, outline_inside)
+
+
+MIN_STRIP_ROWS = 16
+"""Fewest rows of a strip: the compiled drizzle scans rows between the edges of an outline it
+maps out and back by an approximate inversion, whose errors tilt the edges of very thin strips."""
+
+
+def strip_rows(n_columns: int, pixmap_bytes: int = STRIP_PIXMAP_BYTES) -> int:
+    """Rows per strip such that a strip's pixel map holds at most ``pixmap_bytes`` (at least
+    :data:`MIN_STRIP_ROWS`)."""
+    return max(MIN_STRIP_ROWS, pixmap_bytes // (16 * max(n_columns, 1)))
+
+
+def strips_of(rows: tuple[int, int], per_strip: int) -> list[tuple[int, int]]:
+    """``[r0, r1)`` strips of ``per_strip`` rows covering ``rows``; a last strip shorter than
+    :data:`MIN_STRIP_ROWS` joins the one before it."""
+    start, stop = rows
+    bounds = list(range(start, stop, max(per_strip, MIN_STRIP_ROWS))) + [stop]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < MIN_STRIP_ROWS:
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _add_in_strips(driz: Drizzle, item: DrizzleInput, per_strip: int, pixfrac: float) -> None:
+    """Drizzle ``item`` in strips of its valid rows, in input order (one call where it is not
+    :attr:`~DrizzleInput.outline_inside`).
+
+    Each strip passes one row more on either side, outside the rows it drizzles (``ymin`` and
+    ``ymax``): the compiled kernel finds a pixel's corners from its neighbours' positions, so
+    every pixel sees the same neighbours as in one whole call. With the outline inside the
+    output nothing is clipped, every row is scanned whole in both cases, and input pixels
+    reach the output in the same order: the weighted means are the same bit for bit. Where
+    the output clips the outline, the scan limits follow chords of the clipped outline, which
+    differ between a strip and the whole input. Rows outside ``valid_rows`` have no position
+    and give nothing in one call either.
+    """
+    n_rows = item.data.shape[0]
+    v0, v1 = item.valid_rows if item.valid_rows is not None else (0, n_rows)
+    split = item.outline_inside and v1 - v0 >= 2 * MIN_STRIP_ROWS
+    strips = strips_of((v0, v1), per_strip) if split else [(0, n_rows)]
+    for r0, r1 in strips:
+        lo, hi = max(r0 - split, 0), min(r1 + split, n_rows)
+        driz.add_image(
+            item.data[lo:hi],
+            exptime=item.exposure_time,
+            pixmap=item.pixmap_rows(lo, hi),
+            weight_map=item.weight[lo:hi],
+            pixfrac=pixfrac,
+            in_units="cps",
+            ymin=r0 - lo,
+            ymax=r1 - 1 - lo,
+        )
 
 
 def drizzle_onto_region(
@@ -55,6 +151,7 @@ def drizzle_onto_region(
     kernel: str = "square",
     pixfrac: float = 1.0,
     fillval: str = "NAN",
+    pixmap_bytes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Drizzle the members of one exposure group, in order, onto a region of the output grid.
 
@@ -68,6 +165,9 @@ def drizzle_onto_region(
         ``(ry, rx)`` of the region.
     kernel, pixfrac, fillval
         Drizzle kernel, drop fraction and fill value (see ``OutlierParameters``).
+    pixmap_bytes : int, optional
+        Largest pixel map of one strip (:func:`strip_rows`; default
+        :data:`STRIP_PIXMAP_BYTES`); the result does not depend on it.
 
     Returns
     -------
@@ -80,16 +180,10 @@ def drizzle_onto_region(
     added = 0
     remaining = iter(inputs)
     # Each input is dropped before the next is loaded (a loop variable would keep it alive
-    # while the iterator builds the next one): one input's pixel map and arrays at a time.
+    # while the iterator builds the next one): one input's arrays at a time.
     while (item := next(remaining, None)) is not None:
-        driz.add_image(
-            item.data,
-            exptime=item.exposure_time,
-            pixmap=item.pixmap,
-            weight_map=item.weight,
-            pixfrac=pixfrac,
-            in_units="cps",
-        )
+        per_strip = strip_rows(item.data.shape[1], pixmap_bytes or STRIP_PIXMAP_BYTES)
+        _add_in_strips(driz, item, per_strip, pixfrac)
         added += 1
         del item
     if not added:

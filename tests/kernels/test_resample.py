@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from drizzle.resample import Drizzle, blot_image
 
-from outlier_dask.kernels.resample import DrizzleInput, blot_bilinear, drizzle_onto_region
+from outlier_dask.kernels.resample import (
+    MIN_STRIP_ROWS,
+    STRIP_PIXMAP_BYTES,
+    DrizzleInput,
+    blot_bilinear,
+    drizzle_onto_region,
+    strip_rows,
+    strips_of,
+)
 
 NY, NX = 120, 110
 
@@ -85,7 +93,7 @@ def test_region_drizzle_equals_whole_grid(kernel, pixfrac):
     low = np.floor(np.min([m.min(axis=(0, 1)) for m in maps], axis=0)).astype(int) - 2
     high = np.ceil(np.max([m.max(axis=(0, 1)) for m in maps], axis=0)).astype(int) + 3
     (x0, y0), (x1, y1) = low, high
-    inputs = [DrizzleInput(data, weight, m - [x0, y0], 1.0) for m in maps]
+    inputs = [DrizzleInput.with_pixmap(data, weight, m - [x0, y0], 1.0) for m in maps]
     out, wht = drizzle_onto_region(inputs, (y1 - y0, x1 - x0), kernel=kernel, pixfrac=pixfrac)
     np.testing.assert_array_equal(out, whole.out_img[y0:y1, x0:x1])
     np.testing.assert_array_equal(wht, whole.out_wht[y0:y1, x0:x1])
@@ -105,14 +113,100 @@ def test_region_drizzle_holds_one_input_at_a_time():
     def load(k: int) -> DrizzleInput:
         assert [ref() for ref in alive] == [None] * k, f"an input before #{k} is still held"
         data = rng.normal(size=(NY, NX)).astype(np.float32)
-        item = DrizzleInput(data, np.ones_like(data), _pixmap(offset=(3.0 + k, 4.0)), 1.0)
-        alive.append(weakref.ref(item.pixmap))
+        item = DrizzleInput(data, np.ones_like(data), _pixmap_rows_of(k), 1.0)
+        alive.append(weakref.ref(item.data))
         return item
 
     out, wht = drizzle_onto_region((load(k) for k in range(3)), (NY + 12, NX + 12))
     assert len(alive) == 3
     assert np.isfinite(out).any()
     assert wht.max() > 0
+
+
+def _pixmap_rows_of(k: int):
+    pixmap = _pixmap(offset=(3.0 + k, 4.0))
+    return lambda r0, r1: pixmap[r0:r1]
+
+
+@pytest.mark.parametrize(
+    ("kernel", "pixfrac"),
+    [("square", 1.0), ("square", 0.6), ("point", 1.0), ("turbo", 0.8), ("gaussian", 1.0)],
+)
+@pytest.mark.parametrize("rows", [MIN_STRIP_ROWS, 23, NY // 2])
+@pytest.mark.parametrize("valid_rows", [(0, NY), (5, NY - 9)], ids=["all-rows", "bounded"])
+def test_strips_equal_one_whole_call(kernel, pixfrac, rows, valid_rows):
+    """Strip by strip (each with a row of neighbours either side) equals one call bit for bit
+    when the input's outline is inside the output."""
+    data, weight, pixmap = _strip_case(valid_rows)
+    shape = (200, 190)
+    whole = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape, disable_ctx=True)
+    whole.add_image(
+        data, exptime=1.0, pixmap=pixmap, weight_map=weight, pixfrac=pixfrac, in_units="cps"
+    )
+    calls = []
+
+    def pixmap_rows(r0, r1):
+        calls.append((r0, r1))
+        return pixmap[r0:r1]
+
+    item = DrizzleInput(data, weight, pixmap_rows, 1.0, valid_rows, outline_inside=True)
+    out, wht = drizzle_onto_region(
+        [item], shape, kernel=kernel, pixfrac=pixfrac, pixmap_bytes=16 * NX * rows
+    )
+    v0, v1 = valid_rows
+    assert len(calls) == len(strips_of(valid_rows, rows)) >= 2
+    assert calls[0][0] == max(v0 - 1, 0)
+    assert calls[-1][1] == min(v1 + 1, NY)
+    assert np.isfinite(whole.out_img).sum() > NY * NX // 4
+    np.testing.assert_array_equal(out, whole.out_img)
+    np.testing.assert_array_equal(wht, whole.out_wht)
+
+
+def test_an_outline_the_output_clips_is_drizzled_in_one_call():
+    """Where the output clips the outline, strips would scan other pixels: one call."""
+    data, weight, pixmap = _strip_case((0, NY), offset=(-20.3, -15.8))
+    shape = (200, 190)
+    whole = Drizzle(kernel="square", fillval="NAN", out_shape=shape, disable_ctx=True)
+    whole.add_image(data, exptime=1.0, pixmap=pixmap, weight_map=weight, in_units="cps")
+    calls = []
+
+    def pixmap_rows(r0, r1):
+        calls.append((r0, r1))
+        return pixmap[r0:r1]
+
+    item = DrizzleInput(data, weight, pixmap_rows, 1.0, (0, NY), outline_inside=False)
+    out, wht = drizzle_onto_region([item], shape, pixmap_bytes=16 * NX * MIN_STRIP_ROWS)
+    assert calls == [(0, NY)]
+    np.testing.assert_array_equal(out, whole.out_img)
+    assert np.isnan(whole.out_img[-1]).all()
+    assert np.isfinite(whole.out_img[0]).any()
+
+
+def _strip_case(valid_rows, offset=(45.37, 20.61)):
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(NY, NX)).astype(np.float32)
+    weight = rng.uniform(0.5, 1, size=(NY, NX)).astype(np.float32)
+    weight[rng.random((NY, NX)) < 0.05] = 0
+    pixmap = _pixmap(offset=offset)
+    pixmap[40:44, 10:13] = np.nan
+    pixmap[: valid_rows[0]] = np.nan
+    pixmap[valid_rows[1] :] = np.nan
+    return data, weight, pixmap
+
+
+def test_strip_rows_bound_the_pixel_map_bytes():
+    assert strip_rows(2048) == STRIP_PIXMAP_BYTES // (16 * 2048)
+    assert strip_rows(2048, 16 * 2048 * 50 + 100) == 50
+    assert strip_rows(10**9) == MIN_STRIP_ROWS
+
+
+def test_strips_cover_the_rows_once_and_none_is_too_thin():
+    m = MIN_STRIP_ROWS
+    assert strips_of((0, 3 * m), m) == [(0, m), (m, 2 * m), (2 * m, 3 * m)]
+    assert strips_of((0, 3 * m + 1), m) == [(0, m), (m, 2 * m), (2 * m, 3 * m + 1)]
+    assert strips_of((5, 5 + m), 2 * m) == [(5, 5 + m)]
+    assert strips_of((0, 5 * m - 1), 2 * m) == [(0, 2 * m), (2 * m, 5 * m - 1)]
+    assert strips_of((0, 5 * m), 2 * m) == [(0, 2 * m), (2 * m, 4 * m), (4 * m, 5 * m)]
 
 
 def test_empty_region_is_fill_and_zero_weight():
