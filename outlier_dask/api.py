@@ -51,6 +51,7 @@ from outlier_dask.parameters import OutlierParameters
 from outlier_dask.plot import plot_path, write_plot
 from outlier_dask.progress import make_progress
 from outlier_dask.report import build_report, input_entry, report_path, write_report
+from outlier_dask.runtime.reading import reading_map
 from outlier_dask.runtime.schedulers import (
     client_ssl_context,
     resolve_security,
@@ -102,8 +103,11 @@ class OutlierResult:
     plot_path: Path | None = None
 
 
-def _resolve_inputs(inputs: Any) -> tuple[str, list[Member], bool]:
-    """Product name, members, and whether they came from files.
+def _resolve_inputs(
+    inputs: Any, params: OutlierParameters | None = None
+) -> tuple[str, list[Member], bool]:
+    """Product name, members, and whether they came from files (read as
+    :func:`~outlier_dask.runtime.reading.reading_map` decides).
 
     Raises
     ------
@@ -144,7 +148,8 @@ def _resolve_inputs(inputs: Any) -> tuple[str, list[Member], bool]:
         product = os.path.commonprefix([stem_of(p.name) for p in paths]).rstrip("_") or (
             "outlier_dask"
         )
-    return product, members_from_files(entries), True
+    with reading_map(params or OutlierParameters(), len(entries)) as mapper:
+        return product, members_from_files(entries, mapper), True
 
 
 def _planned_products(
@@ -305,7 +310,7 @@ def detect_outliers(
         merged = {k: v for k, v in params.__dict__.items() if k not in ("snr_pair", "scale_pair")}
         merged.update({k.replace("-", "_"): v for k, v in values.items()})
         params = OutlierParameters.from_mapping(merged)
-    product, members, from_files = _resolve_inputs(inputs)
+    product, members, from_files = _resolve_inputs(inputs, params)
     outputs = _check_outputs(members, params, product, from_files)
     _check_before_work(members, product, from_files, params, client, security)
     extras = _check_extras(product, params, from_files if report is None else report, plot)

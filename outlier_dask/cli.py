@@ -256,7 +256,7 @@ def _info(args: argparse.Namespace) -> int:
     from outlier_dask.engine.budget import plan_run
 
     params = _parameters(args)
-    product, members, _ = _resolve_inputs(args.inputs)
+    product, members, _ = _resolve_inputs(args.inputs, params)
     if len(members) < 2:
         print(f"{len(members)} input: outlier detection would be skipped (it needs two)")
         return EXIT_OK

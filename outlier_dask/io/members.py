@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,8 +334,19 @@ def _member_from_fields(
     )
 
 
-def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
+def members_from_files(
+    entries: Sequence[AssociationMember],
+    mapper: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map,
+) -> list[Member]:
     """Read the metadata of every member file (pixels stay on disk).
+
+    Parameters
+    ----------
+    entries : sequence of AssociationMember
+        The members, in association order.
+    mapper : callable
+        ``mapper(function, items)`` yielding ``function(item)`` in order: ``map``, or a pool's
+        map to read files side by side (results and errors are picklable).
 
     Raises
     ------
@@ -343,13 +354,21 @@ def members_from_files(entries: Sequence[AssociationMember]) -> list[Member]:
         Naming the file, if one is not FITS, not a JWST image model, or lacks what the step
         needs (WCS, S_REGION, a positive exposure time).
     """
-    # asdf's schema validation of each whole tree on read is a fifth of the metadata time,
-    # and stdatamodels only warns on what it finds; the fields this step uses are checked in
-    # _member_from_fields. asdf.config_context changes asdf's configuration for this thread
-    # and this block only.
+    return list(mapper(_member_of_entry, enumerate(entries)))
+
+
+def _member_of_entry(numbered: tuple[int, AssociationMember]) -> Member:
+    """:func:`_member_from_file` of ``(index, entry)``, without asdf's schema validation.
+
+    The schema validation of each whole tree on read is a fifth of the metadata time, and
+    stdatamodels only warns on what it finds; the fields this step uses are checked in
+    ``_member_from_fields``. ``asdf.config_context`` changes asdf's configuration for this
+    thread and this call only.
+    """
+    index, entry = numbered
     with asdf.config_context() as config:
         config.validate_on_read = False
-        return [_member_from_file(entry, index) for index, entry in enumerate(entries)]
+        return _member_from_file(entry, index)
 
 
 def _member_from_file(entry: AssociationMember, index: int) -> Member:
@@ -399,14 +418,16 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
 def _refuse_truncated(hdul: fits.HDUList, path: Path, label: str) -> None:
     """Refuse a file shorter than its headers say (a copy or download cut off)."""
     size = os.path.getsize(path)
-    for index, hdu in enumerate(hdul):
-        info = hdul.fileinfo(index)
-        end = info["datLoc"] + info["datSpan"]
-        if end > size:
-            raise AssociationError(
-                f"{label}: truncated or damaged FITS file: extension {index} ({hdu.name}) "
-                f"ends at byte {end}, the file has {size} bytes"
-            )
+    # Extensions follow one another, and reading stops at the first header a cut removed: the
+    # last extension read ends furthest. (Each fileinfo call re-checks every header.)
+    index = len(hdul) - 1
+    info = hdul.fileinfo(index)
+    end = info["datLoc"] + info["datSpan"]
+    if end > size:
+        raise AssociationError(
+            f"{label}: truncated or damaged FITS file: extension {index} ({hdul[index].name}) "
+            f"ends at byte {end}, the file has {size} bytes"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

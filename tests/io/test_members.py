@@ -100,3 +100,55 @@ def test_reading_several_arrays_at_once_equals_reading_each(cal_file):
                 np.testing.assert_array_equal(array, alone)
     assert together[0].shape == (14, 36)
     assert together[1].dtype == np.uint32
+
+
+@pytest.fixture(scope="module")
+def many_cal_files(tmp_path_factory):
+    from outlier_dask.synthetic import write_association
+
+    folder = tmp_path_factory.mktemp("many")
+    association = write_association(
+        folder, n_exposures=8, n_detectors=2, detector_shape=(32, 36), distortion_px=0.5
+    )
+    return [AssociationMember(path=p, group_id=None) for p in association.cal_paths]
+
+
+def test_members_read_in_worker_processes_equal_those_read_here(many_cal_files):
+    from outlier_dask.parameters import OutlierParameters
+    from outlier_dask.runtime.reading import reading_map
+
+    params = OutlierParameters(n_workers=2)
+    with reading_map(params, len(many_cal_files)) as mapper:
+        assert mapper is not map  # 16 members: two readers
+        in_workers = members_from_files(many_cal_files, mapper)
+    here = members_from_files(many_cal_files)
+    assert [m.name for m in in_workers] == [e.path.name for e in many_cal_files]
+    for a, b in zip(in_workers, here, strict=True):
+        fields = ("index", "name", "group_id", "shape", "wcsinfo", "exposure_time", "source")
+        assert all(getattr(a, f) == getattr(b, f) for f in fields)
+        np.testing.assert_array_equal(_pixel_positions(a), _pixel_positions(b))
+
+
+def test_a_bad_member_read_in_a_worker_is_named(many_cal_files, tmp_path):
+    from outlier_dask.io.association import AssociationError
+    from outlier_dask.parameters import OutlierParameters
+    from outlier_dask.runtime.reading import reading_map
+
+    bad = tmp_path / "jw01234001001_01101_00009_nrca1_cal.fits"
+    bad.write_bytes(b"not a FITS file")
+    entries = [*many_cal_files[:9], AssociationMember(path=bad, group_id=None)]
+    entries += many_cal_files[9:]
+    with (
+        reading_map(OutlierParameters(n_workers=2), len(entries)) as mapper,
+        pytest.raises(AssociationError, match=rf"{bad.name}: "),
+    ):
+        members_from_files(entries, mapper)
+
+
+@pytest.mark.parametrize(("scheduler", "n_members"), [("processes", 15), ("threads", 64)])
+def test_few_members_or_a_scheduler_without_processes_read_here(scheduler, n_members):
+    from outlier_dask.parameters import OutlierParameters
+    from outlier_dask.runtime.reading import reading_map
+
+    with reading_map(OutlierParameters(scheduler=scheduler, n_workers=2), n_members) as mapper:
+        assert mapper is map
