@@ -152,10 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--size",
-        choices=("small", "medium"),
+        choices=("small", "medium", "wide"),
         default="small",
         help="small: 4 exposures x 2 detectors of 512 x 512 pixels; medium: 8 x 2 of "
-        "2048 x 2048 (default: small)",
+        "2048 x 2048; wide: a survey of 3 x 3 pointings x 2 exposures x 4 detectors of "
+        "512 x 512 (default: small)",
+    )
+    demo.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep the synthetic inputs (their folder is printed); by default they are removed "
+        "at the end and only the products stay",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     _add_config_option(demo)
@@ -348,6 +355,7 @@ def _demo(args: argparse.Namespace) -> int:
         parameters=params,
         progress=_progress(args),
         plot=args.plot,
+        keep_data=args.keep_data,
     )
     print(outcome.summary)
     if args.profile:

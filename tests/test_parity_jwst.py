@@ -132,3 +132,19 @@ def test_exptime_without_resampling_runs_where_the_reference_crashes(association
     flagged = sum(int(((dq & OUTLIER) != 0).sum()) for dq, _ in ours.values())
     assert flagged > 0
     assert sorted(ours) == sorted(ivm)
+
+
+def test_survey_tiling_flags_match_jwst(tmp_path):
+    """A 2 x 2 grid of overlapping pointings: 8 groups over a mosaic wider than one pointing."""
+    asn = write_association(
+        tmp_path / "data",
+        n_exposures=2,
+        n_detectors=1,
+        detector_shape=(128, 128),
+        pointings=(2, 2),
+        seed=17,
+    )
+    reference = _reference_products(asn.asn_path, tmp_path, {})
+    ours = _engine_products(asn.asn_path, tmp_path / "ours", {})
+    assert len(ours) == 8
+    _compare(reference, ours, "survey_tiling")

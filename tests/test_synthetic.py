@@ -17,6 +17,7 @@ from outlier_dask.synthetic import (
     make_models,
     write_association,
 )
+from outlier_dask.synthetic.geometry import _world_to_pixel_checked
 
 ARRAYS = ("data", "err", "var_poisson", "var_rnoise", "var_flat")
 SMALL = {"n_exposures": 3, "n_detectors": 2, "detector_shape": (128, 128)}
@@ -328,6 +329,10 @@ def test_background_level_is_recorded_only_on_request():
         ({"exposure_time": 0.0}, ValueError, "exposure_time"),
         ({"no_such_option": 1}, TypeError, "no_such_option"),
         ({"detector_shape": (32, 32), "distortion_px": 12.0}, ValueError, "distortion_px"),
+        ({"pointings": (0, 2)}, ValueError, "pointings"),
+        ({"pointings": (2, 2, 2)}, ValueError, "pointings"),
+        ({"pointings": (40, 25)}, ValueError, "999 visits"),
+        ({"pointing_step": 0.0}, ValueError, "pointing_step"),
     ],
 )
 def test_invalid_options_are_rejected(options, error, match):
@@ -399,3 +404,82 @@ def test_jwst_outlier_detection_flags_the_injected_cosmic_rays(tmp_path, monkeyp
     assert hits + misses > 200
     assert hits / (hits + misses) >= 0.8
     assert false_alarms / region_pixels < 2e-3
+
+
+# --------------------------------------------------------------------------- survey tiling
+
+GRID = {"n_exposures": 2, "n_detectors": 2, "detector_shape": (48, 48), "pointings": (2, 2)}
+
+
+def test_survey_grid_has_one_visit_per_pointing_and_unique_jwst_names(tmp_path):
+    datamodels = pytest.importorskip("jwst.datamodels")
+    written = write_association(tmp_path / "asn", **GRID, seed=4)
+
+    names = [p.name for p in written.cal_paths]
+    assert len(names) == len(set(names)) == 2 * 2 * 2 * 2
+    pattern = r"jw01234001(\d{3})_01101_(\d{5})_nrca([12])_cal\.fits"
+    parsed = [tuple(int(g) for g in re.fullmatch(pattern, n).groups()) for n in names]
+    expected = [(v, e, d) for v in range(1, 5) for e in (1, 2) for d in (1, 2)]
+    assert parsed == expected  # pointing-major, then dither, then detector
+    assert set(written.truth) == set(names)
+
+    library = datamodels.ModelLibrary(str(written.asn_path))
+    assert list(library.group_indices.values()) == [[k, k + 1] for k in range(0, 16, 2)]
+    with library:
+        model = library.borrow(8)  # visit 3, dither 1, detector 1
+        assert model.meta.observation.visit_number == "003"
+        assert model.meta.observation.exposure_number == "1"
+        library.shelve(model, 8, modify=False)
+
+
+def test_default_pointing_keeps_the_single_pointing_association():
+    kwargs = {"n_exposures": 2, "n_detectors": 1, "detector_shape": (48, 48), "seed": 9}
+    plain, plain_truth = make_models(**kwargs)
+    tiled, tiled_truth = make_models(**kwargs, pointings=(1, 1), pointing_step=0.5)
+    for a, b, ta, tb in zip(plain, tiled, plain_truth, tiled_truth, strict=True):
+        assert a.meta.filename == b.meta.filename
+        for name in (*ARRAYS, "dq"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        np.testing.assert_array_equal(ta, tb)
+
+
+def test_neighbouring_pointings_share_exactly_the_overlap_strip():
+    """Without dithers or distortion, 2 x 2 pointings 0.875 detectors apart share 5 pixels."""
+    n = 40
+    models, _ = make_models(
+        n_exposures=1,
+        n_detectors=1,
+        detector_shape=(n, n),
+        pointings=(2, 2),
+        pointing_step=0.875,
+        dither_fraction=0.0,
+        distortion_px=0.0,
+    )
+    y, x = np.mgrid[0:n, 0:n]
+    low, high = x < 5, x >= n - 5  # overlap strip along x (columns)
+    bottom, top = y < 5, y >= n - 5  # and along y (rows)
+    expected = [  # pointings row-major: (row 0, col 0), (0, 1), (1, 0), (1, 1)
+        (high, top),
+        (low, top),
+        (high, bottom),
+        (low, bottom),
+    ]
+    for counts, (side, edge) in zip(exposure_coverage(models), expected, strict=True):
+        np.testing.assert_array_equal(counts, 1 + side + edge + (side & edge))
+
+
+def test_default_step_overlaps_every_dither_of_the_neighbouring_pointing():
+    """With the default dithers and distortion, each frame shares sky with both other dithers."""
+    models, _ = make_models(
+        n_exposures=2, n_detectors=1, detector_shape=(48, 48), pointings=(1, 2), seed=3
+    )
+    for k, model in enumerate(models):
+        ny, nx = model.data.shape
+        ra, dec = model.meta.wcs(*np.meshgrid(np.arange(nx), np.arange(ny)))
+        for other in models[2:] if k < 2 else models[:2]:
+            x, y = _world_to_pixel_checked(other.meta.wcs, ra, dec)
+            inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+            # the shared strip is a few columns at the edge facing the neighbour
+            columns = np.flatnonzero(inside.any(axis=0))
+            assert 2 <= len(columns) <= 0.3 * nx
+            assert columns.min() == 0 or columns.max() == nx - 1

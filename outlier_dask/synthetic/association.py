@@ -22,7 +22,7 @@ class SyntheticAssociation:
     asn_path : Path
         The association JSON.
     cal_paths : list of Path
-        The ``_cal.fits`` files, in association member order (exposure-major).
+        The ``_cal.fits`` files, in association member order (pointing, exposure, detector).
     truth : dict of str to ndarray
         Basename of each cal file -> bool ``(ny, nx)`` mask of injected cosmic rays.
     product_name : str

@@ -38,7 +38,7 @@ class SyntheticConfig:
     Attributes
     ----------
     n_exposures : int
-        Number of dithered exposures (each is one jwst group).
+        Number of dithered exposures per pointing (each is one jwst group).
     n_detectors : int
         Detectors per exposure, 1 to 8 (NRCA1..NRCA4, then NRCB1..NRCB4).
     detector_shape : tuple of int
@@ -75,8 +75,18 @@ class SyntheticConfig:
         Gap between neighbouring detectors as a fraction of the detector width.
     dither_fraction : float
         Largest dither offset as a fraction of the detector width.
+    pointings : tuple of int
+        ``(n_rows, n_columns)`` of a survey grid of pointings, each with its own
+        ``n_exposures`` dithers; ``(1, 1)`` is a single pointing. Pointing ``k`` (row-major)
+        is visit ``k + 1``, so its exposures form their own jwst groups.
+    pointing_step : float
+        Distance between neighbouring pointings as a fraction of the detector array's
+        footprint along each axis; below 1 neighbouring pointings overlap at their edges.
+        The default 0.85 leaves 15 % of the footprint shared, more than the largest
+        relative dither offset between two pointings (2 x ``dither_fraction``), so every
+        dither of a pointing overlaps every dither of its neighbours.
     ra, dec : float
-        ICRS position of the first pointing [deg].
+        ICRS position of the centre of the pointing grid [deg].
     roll : float
         ``roll_ref`` of the pointing [deg]; exposures differ by ~1e-4 deg.
     v3yangle : float
@@ -108,6 +118,8 @@ class SyntheticConfig:
     distortion_px: float = 2.5
     detector_gap_fraction: float = 0.08
     dither_fraction: float = 0.06
+    pointings: tuple[int, int] = (1, 1)
+    pointing_step: float = 0.85
     ra: float = 53.16
     dec: float = -27.79
     roll: float = 25.0
@@ -121,6 +133,12 @@ class SyntheticConfig:
             raise ValueError(f"detector_shape must be at least 16 x 16, got {self.detector_shape}")
         if not 1 <= self.n_detectors <= len(_MODULES) * _DETECTORS_PER_MODULE:
             raise ValueError(f"n_detectors must be in 1..8, got {self.n_detectors}")
+        if len(self.pointings) != 2 or min(self.pointings) < 1:
+            raise ValueError(f"pointings must be (n_rows, n_columns) >= 1, got {self.pointings}")
+        if self.pointings[0] * self.pointings[1] > 999:
+            raise ValueError(f"pointings must give at most 999 visits, got {self.pointings}")
+        if not self.pointing_step > 0.0:
+            raise ValueError(f"pointing_step must be > 0, got {self.pointing_step}")
         if self.n_exposures < 1:
             raise ValueError(f"n_exposures must be >= 1, got {self.n_exposures}")
         if self.exposure_time <= 0:
@@ -135,6 +153,11 @@ class SyntheticConfig:
         for name in ("dead_columns", "distortion_px", "read_noise_electrons", "dither_fraction"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def n_pointings(self) -> int:
+        """Number of pointings of the survey grid."""
+        return self.pointings[0] * self.pointings[1]
 
     @property
     def pixels_per_detector(self) -> int:
@@ -171,6 +194,8 @@ def config_of(
     **options: Any,
 ) -> SyntheticConfig:
     """The validated configuration of :func:`make_models` and :func:`write_association`."""
+    if "pointings" in options:
+        options["pointings"] = tuple(int(n) for n in options["pointings"])
     return SyntheticConfig(
         n_exposures=n_exposures,
         n_detectors=n_detectors,
@@ -186,17 +211,20 @@ def detector_name(index: int) -> str:
     return f"NRC{_MODULES[module]}{number + 1}"
 
 
-def cal_file_name(exposure: int, detector: int) -> str:
+def cal_file_name(exposure: int, detector: int, visit: int = 1) -> str:
     """File name of one frame, e.g. ``jw01234001001_01101_00001_nrca1_cal.fits``.
 
     Parameters
     ----------
     exposure : int
-        Exposure number, from 1.
+        Exposure (dither) number within its visit, from 1.
     detector : int
         Detector index, from 0.
+    visit : int
+        Visit number, from 1: the pointing of a survey grid.
     """
-    return f"jw01234001001_01101_{exposure:05d}_{detector_name(detector).lower()}_cal.fits"
+    name = detector_name(detector).lower()
+    return f"jw01234001{visit:03d}_01101_{exposure:05d}_{name}_cal.fits"
 
 
 # --------------------------------------------------------------------------- random streams

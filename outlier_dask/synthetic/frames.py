@@ -42,11 +42,10 @@ _FIRST_EXPOSURE_MJD = 60310.25
 
 
 def _exposure_sky_levels(config: SyntheticConfig) -> np.ndarray:
-    """Sky level of each exposure [MJy/sr], shape (n_exposures,)."""
+    """Sky level of each exposure [MJy/sr], shape (n_pointings * n_exposures,)."""
     rng = _rng(config, _STREAM_SKY)
-    return config.sky_level * (
-        1.0 + config.sky_level_scatter * rng.standard_normal(config.n_exposures)
-    )
+    n = config.n_pointings * config.n_exposures
+    return config.sky_level * (1.0 + config.sky_level_scatter * rng.standard_normal(n))
 
 
 def _set_metadata(
@@ -59,12 +58,16 @@ def _set_metadata(
 ) -> None:
     """Fill the metadata jwst reads: group id keys, times, instrument, wcsinfo, photometry.
 
+    ``exposure`` counts from 1 over the whole association (pointing-major); pointing ``k``
+    is visit ``k + 1`` and its dithers are exposures 1..n_exposures of that visit.
     ``model.meta.wcs`` must already be set: ``ra_ref``/``dec_ref`` and ``s_region`` come
     from it.
     """
     ny, nx = config.detector_shape
     wcs = model.meta.wcs
-    model.meta.filename = cal_file_name(exposure, detector)
+    visit, dither = divmod(exposure - 1, config.n_exposures)
+    visit, dither = visit + 1, dither + 1
+    model.meta.filename = cal_file_name(dither, detector, visit)
     model.meta.telescope = "JWST"
     model.meta.bunit_data = model.meta.bunit_err = "MJy/sr"
 
@@ -79,8 +82,9 @@ def _set_metadata(
         + (exposure - 1) * (config.exposure_time + 120.0) * u.s
     )
     model.meta.observation.date, model.meta.observation.time = start.isot.split("T")
-    # the seven keys jwst joins into the group id: one group per exposure
-    for key, value in {**_OBSERVATION_IDS, "exposure_number": str(exposure)}.items():
+    # the seven keys jwst joins into the group id: one group per (visit, exposure)
+    ids = {**_OBSERVATION_IDS, "visit_number": f"{visit:03d}", "exposure_number": str(dither)}
+    for key, value in ids.items():
         setattr(model.meta.observation, key, value)
 
     exp = model.meta.exposure
@@ -147,7 +151,7 @@ def _frame(
 
 
 def _iter_frames(config: SyntheticConfig) -> Iterator[tuple[ImageModel, np.ndarray]]:
-    """Frames in association order (exposure-major), built one at a time."""
+    """Frames in association order (pointing, then exposure, then detector), one at a time."""
     offsets = _detector_offsets_arcsec(config)
     distortions = [_distortion_with_inverse(config, d) for d in range(config.n_detectors)]
     pointings = _exposure_pointings(config)
@@ -183,14 +187,16 @@ def make_models(
     n_exposures, n_detectors, detector_shape, seed
         See :class:`SyntheticConfig`.
     **options
-        Any other :class:`SyntheticConfig` field (``cr_fraction``, ``dead_fraction``,
-        ``n_stars``, ``n_galaxies``, ``background_level_in_meta``, ...).
+        Any other :class:`SyntheticConfig` field (``pointings``, ``pointing_step``,
+        ``cr_fraction``, ``dead_fraction``, ``n_stars``, ``n_galaxies``,
+        ``background_level_in_meta``, ...).
 
     Returns
     -------
     models : list of ImageModel
-        One per exposure and detector, exposure-major. ``data``, ``err``, ``var_*`` are
-        float32 ``(ny, nx)`` [MJy/sr or (MJy/sr)^2], NaN at DO_NOT_USE pixels; ``dq`` uint32.
+        One per exposure and detector, ordered by pointing, dither, detector. ``data``,
+        ``err``, ``var_*`` are float32 ``(ny, nx)`` [MJy/sr or (MJy/sr)^2], NaN at DO_NOT_USE
+        pixels; ``dq`` uint32.
     truth : list of ndarray
         Bool ``(ny, nx)`` per model, True where a cosmic ray was injected.
 

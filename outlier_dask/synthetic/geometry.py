@@ -221,21 +221,45 @@ def _detector_wcs(
     return wcs
 
 
-def _exposure_pointings(config: SyntheticConfig) -> list[_Pointing]:
-    """One pointing per exposure: dithers on a ring, in detector-aligned directions.
+def _footprint_size_arcsec(config: SyntheticConfig) -> np.ndarray:
+    """``(width, height)`` [arcsec] of the detector array's footprint in the focal plane."""
+    ny, nx = config.detector_shape
+    offsets = _detector_offsets_arcsec(config)
+    detector = np.array([nx, ny]) * PIXEL_SCALE_ARCSEC
+    return offsets.max(axis=0) - offsets.min(axis=0) + detector
 
-    Offsets are non-integer pixels up to ``dither_fraction`` of a detector width; the roll
-    changes by ~1e-4 deg between exposures.
+
+def _grid_offsets_arcsec(config: SyntheticConfig) -> np.ndarray:
+    """Focal-plane offsets [arcsec] of the survey pointings, shape (n_pointings, 2), row-major.
+
+    Rows step along the detector y axis and columns along x, ``pointing_step`` footprints
+    apart, centred on the grid's middle.
+    """
+    n_rows, n_columns = config.pointings
+    row, column = np.divmod(np.arange(config.n_pointings), n_columns)
+    step = config.pointing_step * _footprint_size_arcsec(config)
+    return np.column_stack(
+        [(column - (n_columns - 1) / 2.0) * step[0], (row - (n_rows - 1) / 2.0) * step[1]]
+    )
+
+
+def _exposure_pointings(config: SyntheticConfig) -> list[_Pointing]:
+    """One telescope pointing per exposure, pointing-major: ``n_pointings * n_exposures``.
+
+    Every survey pointing repeats the same dither pattern: offsets on a ring, in
+    detector-aligned directions, non-integer pixels up to ``dither_fraction`` of a detector
+    width; the roll changes by ~1e-4 deg between exposures.
     """
     rng = _rng(config, _STREAM_DITHER)
     radius = config.dither_fraction * config.detector_shape[1] * PIXEL_SCALE_ARCSEC
     n = config.n_exposures
     angle = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n) / n
     r = radius * rng.uniform(0.4, 1.0, n)
-    offsets = np.column_stack([r * np.cos(angle), r * np.sin(angle)])
+    dithers = np.column_stack([r * np.cos(angle), r * np.sin(angle)])
+    offsets = (_grid_offsets_arcsec(config)[:, None, :] + dithers[None, :, :]).reshape(-1, 2)
     base = _Pointing(config.ra, config.dec, config.roll)
     ra, dec = _pointing_transform(base, config)(offsets[:, 0], offsets[:, 1])
-    roll = config.roll + rng.normal(0.0, 1e-4, n)
+    roll = config.roll + rng.normal(0.0, 1e-4, len(offsets))
     return [_Pointing(float(a), float(d), float(r)) for a, d, r in zip(ra, dec, roll, strict=True)]
 
 
@@ -288,7 +312,8 @@ def exposure_coverage(models: list[ImageModel]) -> list[np.ndarray]:
     Parameters
     ----------
     models : list of ImageModel
-        Frames with ``meta.wcs`` and ``meta.observation.exposure_number``.
+        Frames with ``meta.wcs`` and ``meta.observation.visit_number`` and
+        ``exposure_number`` (an exposure is one visit's exposure number).
 
     Returns
     -------
@@ -297,12 +322,14 @@ def exposure_coverage(models: list[ImageModel]) -> list[np.ndarray]:
         whose pixel-edge bounding box contains the pixel centre's sky position. Geometry only:
         DO_NOT_USE pixels and weight masking are ignored.
     """
-    exposures = [m.meta.observation.exposure_number for m in models]
+    exposures = [
+        (m.meta.observation.visit_number, m.meta.observation.exposure_number) for m in models
+    ]
     coverage = []
     for model in models:
         ny, nx = model.data.shape
         ra, dec = model.meta.wcs(*np.meshgrid(np.arange(nx), np.arange(ny)))
-        seen: dict[str, np.ndarray] = {}
+        seen: dict[tuple[str, str], np.ndarray] = {}
         for other, exposure in zip(models, exposures, strict=True):
             x, y = _world_to_pixel_checked(other.meta.wcs, ra, dec)
             oy, ox = other.data.shape
