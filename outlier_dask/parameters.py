@@ -338,6 +338,7 @@ class OutlierParameters:
         object.__setattr__(self, "scale_pair", _two_floats(self.scale, "scale"))
         for name, choices in PARAMETER_CHOICES.items():
             _choice(getattr(self, name), name, choices)
+        object.__setattr__(self, "detection", _choice(self.detection, "detection", DETECTIONS))
         if not 0.0 < self.pixfrac <= 1.0:
             raise ParameterError(f"pixfrac: must be in (0, 1], got {self.pixfrac!r}")
         if not 0.0 <= self.maskpt <= 1.0:
