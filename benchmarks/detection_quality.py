@@ -54,7 +54,6 @@ CASES: dict[str, dict[str, Any]] = {
         "n_exposures": 2,
         "n_detectors": 4,
         "detector_shape": (512, 512),
-        "dither_fraction": 0.1,
         "hot_fraction": 5e-4,
         "background_level_in_meta": True,
         "seed": 11,
@@ -142,8 +141,10 @@ def score(masks: dict[str, np.ndarray], truth: dict[str, Any]) -> dict[str, Any]
             result[key] = hits
         else:
             result[key] = _fraction(hits, total)
+            result[f"{key}_hits"] = hits
             result[f"{key}_n"] = total
     result["cr_events"] = _fraction(events_found, events_total)
+    result["cr_events_hits"] = events_found
     result["cr_events_n"] = events_total
     return result
 
@@ -175,7 +176,9 @@ def run_case(case: str, data_dir: Path, n_workers: int) -> dict[str, Any]:
 def _summary(s: dict[str, Any]) -> str:
     return (
         f"flags {s['flags']}, false {s['false']}, CR px recall (S/N>=5) "
-        f"{s['cr_px_snr_ge5']:.3f}, events {s['cr_events']:.3f}, hot {s['hot_px']:.3f}"
+        f"{s['cr_px_snr_ge5']:.3f} ({s['cr_px_snr_ge5_hits']}/{s['cr_px_snr_ge5_n']}), "
+        f"events {s['cr_events']:.3f} ({s['cr_events_hits']}/{s['cr_events_n']}), "
+        f"hot {s['hot_px']:.3f}"
     )
 
 
@@ -191,6 +194,8 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     """The results as Markdown tables (one per case)."""
     rows = [
         ("CR pixels S/N >= 5, recall", "cr_px_snr_ge5"),
+        ("... pixels found", "cr_px_snr_ge5_hits"),
+        ("... pixels injected", "cr_px_snr_ge5_n"),
         *[(f"... S/N {lo:g}-{hi:g}", f"cr_px_snr_{lo:g}_{hi:g}") for lo, hi in SNR_BINS],
         *[
             (f"... coverage {lo}{'+' if hi > 10 else ''}", f"cr_px_snr_ge5_coverage_{lo}")

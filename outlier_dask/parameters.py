@@ -47,7 +47,7 @@ DETECTIONS = ("reference", "robust")
 DETECTION_PIECES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "reference": MappingProxyType({"nhigh_groups": 0, "source_fraction": 0.0}),
-        "robust": MappingProxyType({"nhigh_groups": 2, "source_fraction": 0.5}),
+        "robust": MappingProxyType({"nhigh_groups": 2, "source_fraction": 0.2}),
     }
 )
 SCHEDULERS = ("processes", "threads", "synchronous", "local-cluster")
@@ -287,7 +287,7 @@ class OutlierParameters:
         None,
         "fraction of the blotted source level (above background) added to both flag "
         "thresholds (0: as the reference)",
-        none="0 (reference) or 0.5 (robust), from detection",
+        none="0 (reference) or 0.2 (robust), from detection",
     )
     # execution
     output_dir: str = _parameter(".", "folder for the products, the report and the figure")

@@ -93,7 +93,7 @@ def test_detection_sets_the_pieces_left_unset():
     assert reference.detection_piece("source_fraction") == 0.0
     robust = OutlierParameters.from_mapping({"detection": "Robust"})
     assert robust.detection_piece("nhigh_groups") == 2
-    assert robust.detection_piece("source_fraction") == 0.5
+    assert robust.detection_piece("source_fraction") == 0.2
     # a piece set explicitly wins over the detection's value, either way
     mixed = OutlierParameters.from_mapping({"detection": "robust", "source_fraction": "0"})
     assert mixed.detection_piece("source_fraction") == 0.0
