@@ -39,6 +39,17 @@ __all__ = [
 
 KERNELS = ("square", "point", "turbo")
 WEIGHT_TYPES = ("ivm", "exptime")
+DETECTIONS = ("reference", "robust")
+
+#: What ``detection`` stands for: the value of each piece of the rule that is not set
+#: explicitly. ``reference`` is jwst 3.0.0's rule; ``robust`` is the set that won on
+#: ``benchmarks/detection_quality.py`` (docs/detection.md).
+DETECTION_PIECES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "reference": MappingProxyType({"nhigh_groups": 0, "source_fraction": 0.0}),
+        "robust": MappingProxyType({"nhigh_groups": 2, "source_fraction": 0.2}),
+    }
+)
 SCHEDULERS = ("processes", "threads", "synchronous", "local-cluster")
 
 
@@ -193,6 +204,16 @@ class OutlierParameters:
     pixmap_tolerance : float
         With ``pixmap_stepsize == 1``: largest interpolation error of the pixel map allowed,
         in output pixels; 0 evaluates the WCS at every pixel.
+    detection : {"reference", "robust"}
+        The outlier rule: jwst 3.0.0's (``reference``, flags identical to it) or this
+        project's rule for few overlapping exposures and undersampled stars (``robust``,
+        opt-in; see docs/detection.md). It sets the pieces below that are left unset.
+    nhigh_groups : int or None
+        Reject the highest value before the median where at most this many groups (and at
+        least two) cover a grid pixel; 0 never does (the reference).
+    source_fraction : float or None
+        Add this fraction of the blotted median's source level (above the background) to both
+        flag thresholds; 0 is the reference.
     max_grid_pixels : float
         Largest output grid (``ny * nx``) a run may build; a bigger one usually means a bad
         WCS or ``S_REGION`` and is refused before any work.
@@ -250,6 +271,24 @@ class OutlierParameters:
         "largest pixel-map interpolation error allowed, output pixels (0: evaluate the WCS at "
         "every pixel)",
     )
+    detection: str = _parameter(
+        "reference",
+        "outlier rule: reference (jwst 3.0.0's, identical flags) or robust (opt-in: for few "
+        "overlapping exposures and undersampled stars; sets the unset pieces below)",
+        choices=DETECTIONS,
+    )
+    nhigh_groups: int | None = _parameter(
+        None,
+        "reject the highest value before the median where 2 to this many groups cover a "
+        "grid pixel (0: never, as the reference)",
+        none="0 (reference) or 2 (robust), from detection",
+    )
+    source_fraction: float | None = _parameter(
+        None,
+        "fraction of the blotted source level (above background) added to both flag "
+        "thresholds (0: as the reference)",
+        none="0 (reference) or 0.2 (robust), from detection",
+    )
     # execution
     output_dir: str = _parameter(".", "folder for the products, the report and the figure")
     suffix: str = _parameter("crf", "product suffix: <stem>_<suffix>.fits")
@@ -299,6 +338,7 @@ class OutlierParameters:
         object.__setattr__(self, "scale_pair", _two_floats(self.scale, "scale"))
         for name, choices in PARAMETER_CHOICES.items():
             _choice(getattr(self, name), name, choices)
+        object.__setattr__(self, "detection", _choice(self.detection, "detection", DETECTIONS))
         if not 0.0 < self.pixfrac <= 1.0:
             raise ParameterError(f"pixfrac: must be in (0, 1], got {self.pixfrac!r}")
         if not 0.0 <= self.maskpt <= 1.0:
@@ -318,6 +358,12 @@ class OutlierParameters:
                 f"good_bits: cannot read {self.good_bits!r} ({exc}); use DQ bit values or "
                 "JWST flag names, e.g. '~DO_NOT_USE' or '4,JUMP_DET'"
             ) from None
+        if self.nhigh_groups is not None and self.nhigh_groups < 0:
+            raise ParameterError(f"nhigh_groups: must be >= 0 groups, got {self.nhigh_groups!r}")
+        if self.source_fraction is not None and not 0.0 <= self.source_fraction <= 10.0:
+            raise ParameterError(
+                f"source_fraction: must be in [0, 10], got {self.source_fraction!r}"
+            )
         if self.pixmap_stepsize < 1:
             raise ParameterError(f"pixmap_stepsize: must be >= 1, got {self.pixmap_stepsize!r}")
         if self.pixmap_order not in (1, 3):
@@ -376,6 +422,11 @@ class OutlierParameters:
     def replace(self, **changes: Any) -> OutlierParameters:
         """A copy with some values changed (and validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def detection_piece(self, name: str) -> Any:
+        """The value of one piece of the outlier rule: set explicitly, or from ``detection``."""
+        value = getattr(self, name)
+        return DETECTION_PIECES[self.detection][name] if value is None else value
 
     @property
     def good_bits_value(self) -> int | None:
@@ -445,5 +496,6 @@ def _converters() -> dict[str, Any]:
         "str": _as_str,
         "str | None": _as_str,
         "int | None": lambda v, n: _number(v, n, int),
+        "float | None": lambda v, n: _number(v, n, float),
     }
     return {f.name: by_type[f.type] for f in fields(OutlierParameters) if f.init}

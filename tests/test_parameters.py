@@ -7,6 +7,7 @@ from dataclasses import fields
 import pytest
 
 from outlier_dask.parameters import (
+    DETECTIONS,
     KERNELS,
     PARAMETER_CHOICES,
     PARAMETER_HELP,
@@ -74,11 +75,32 @@ def test_string_forms_are_read():
         ({"suffix": "a/b"}, "suffix: must be a plain word"),
         ({"n_workers": 0}, "n_workers: must be >= 1"),
         ({"block_size": 0}, "block_size: must be >= 1"),
+        ({"detection": "best"}, "detection: must be one of reference, robust"),
+        ({"nhigh_groups": -1}, "nhigh_groups: must be >= 0"),
+        ({"nhigh_groups": "two"}, "nhigh_groups: expected a number"),
+        ({"source_fraction": -0.5}, r"source_fraction: must be in \[0, 10\]"),
     ],
 )
 def test_bad_values_are_named(values, message):
     with pytest.raises(ParameterError, match=message):
         OutlierParameters.from_mapping(values)
+
+
+def test_detection_sets_the_pieces_left_unset():
+    reference = OutlierParameters()
+    assert reference.detection == "reference"
+    assert reference.detection_piece("nhigh_groups") == 0
+    assert reference.detection_piece("source_fraction") == 0.0
+    robust = OutlierParameters.from_mapping({"detection": "Robust"})
+    assert robust.detection_piece("nhigh_groups") == 2
+    assert robust.detection_piece("source_fraction") == 0.2
+    # a piece set explicitly wins over the detection's value, either way
+    mixed = OutlierParameters.from_mapping({"detection": "robust", "source_fraction": "0"})
+    assert mixed.detection_piece("source_fraction") == 0.0
+    assert mixed.detection_piece("nhigh_groups") == 2
+    one_piece = OutlierParameters(nhigh_groups=3)
+    assert one_piece.detection_piece("nhigh_groups") == 3
+    assert one_piece.detection_piece("source_fraction") == 0.0
 
 
 def test_unknown_and_mistyped_names():
@@ -139,7 +161,11 @@ def test_every_parameter_has_its_meaning_and_a_readable_default():
     assert parameter_default_text("snr") == "5.0 4.0"
     assert parameter_default_text("n_workers") == "CPUs available"
     assert parameter_default_text("tls_key") == "not set"
-    assert dict(PARAMETER_CHOICES) == {"weight_type": WEIGHT_TYPES, "kernel": KERNELS}
+    assert dict(PARAMETER_CHOICES) == {
+        "weight_type": WEIGHT_TYPES,
+        "kernel": KERNELS,
+        "detection": DETECTIONS,
+    }
     for name, choices in PARAMETER_CHOICES.items():
         assert getattr(OutlierParameters(), name) in choices
         for choice in choices:

@@ -14,6 +14,7 @@ from outlier_dask.synthetic import (
     PIXEL_SCALE_ARCSEC,
     SyntheticConfig,
     exposure_coverage,
+    load_truth,
     make_models,
     write_association,
 )
@@ -483,3 +484,84 @@ def test_default_step_overlaps_every_dither_of_the_neighbouring_pointing():
             columns = np.flatnonzero(inside.any(axis=0))
             assert 2 <= len(columns) <= 0.3 * nx
             assert columns.min() == 0 or columns.max() == nx - 1
+
+
+# --------------------------------------------------------------------------- truth
+
+
+def test_hot_pixels_are_fixed_per_detector_unflagged_and_off_by_default(tmp_path):
+    kwargs = {"n_exposures": 2, "n_detectors": 1, "detector_shape": (64, 64), "seed": 2}
+    hot = write_association(
+        tmp_path / "hot", hot_fraction=5e-3, cr_fraction=0.0, truth_files=True, **kwargs
+    )
+    clean, _ = make_models(**kwargs, cr_fraction=0.0)
+    truth = load_truth(hot.asn_path)
+    models = [datamodels_open(p) for p in hot.cal_paths]
+    first, second = (truth[p.name] for p in hot.cal_paths)
+    np.testing.assert_array_equal(first.hot_pixel, second.hot_pixel)  # detector defect
+    assert 0.2 * 5e-3 * 64**2 < np.count_nonzero(first.hot_pixel) < 2.0 * 5e-3 * 64**2
+    for model, reference, frame in zip(models, clean, (first, second), strict=True):
+        excess = np.nan_to_num(model.data - reference.data)
+        np.testing.assert_allclose(excess, frame.hot_pixel, rtol=1e-6, atol=1e-6)
+        assert not (model.dq[frame.hot_pixel > 0] & 1).any()
+        n_sigma = frame.hot_pixel[frame.hot_pixel > 0] / frame.sky_sigma
+        assert n_sigma.min() >= 10.0
+        assert n_sigma.max() <= 300.0
+
+
+def datamodels_open(path):
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    return ImageModel(str(path))
+
+
+def test_truth_files_hold_what_was_injected(tmp_path):
+    kwargs = {"n_exposures": 2, "n_detectors": 2, "detector_shape": (64, 64), "seed": 4}
+    written = write_association(tmp_path, cr_fraction=5e-3, truth_files=True, **kwargs)
+    without_crs, _ = make_models(**kwargs, cr_fraction=0.0)
+    no_sources, _ = make_models(**kwargs, cr_fraction=0.0, n_stars=0, n_galaxies=0)
+    truth = load_truth(written.asn_path)
+    assert list(truth) == [p.name for p in written.cal_paths]
+    coverage = exposure_coverage(without_crs)
+    for path, clean, blank, counts in zip(
+        written.cal_paths, without_crs, no_sources, coverage, strict=True
+    ):
+        frame = truth[path.name]
+        model = datamodels_open(path)
+        np.testing.assert_array_equal(frame.cosmic_ray_mask, written.truth[path.name])
+        np.testing.assert_allclose(
+            np.nan_to_num(model.data - clean.data), frame.cosmic_ray, rtol=1e-5, atol=1e-6
+        )
+        hit = frame.cosmic_ray > 0
+        np.testing.assert_allclose(frame.cosmic_ray_snr[hit], (frame.cosmic_ray / model.err)[hit])
+        assert (frame.cosmic_ray_snr[~hit] == 0).all()
+        # events number the hit pixels; a track's pixels share one number
+        assert ((frame.cosmic_ray_event > 0) == hit).all()
+        assert len(np.unique(frame.cosmic_ray_event[hit])) < hit.sum()
+        # the Poisson variance follows the noiseless signal, so the scene's share of it is
+        # the source level times (MJy/sr per e-/s) / exposure time
+        usable = np.isfinite(model.data)
+        assert (frame.source >= 0).all()
+        assert frame.source.max() > 20 * frame.sky_sigma
+        np.testing.assert_allclose(
+            (clean.var_poisson - blank.var_poisson)[usable],
+            frame.source[usable] * (0.1 / SyntheticConfig().exposure_time),
+            rtol=1e-3,
+            atol=1e-10,
+        )
+        np.testing.assert_array_equal(frame.coverage, counts)
+        assert frame.sky_sigma == SyntheticConfig().sky_sigma
+
+
+def test_a_two_dither_mosaic_has_regions_seen_by_one_to_four_exposures():
+    models, _ = make_models(
+        n_exposures=2, n_detectors=4, detector_shape=(64, 64), seed=1, dither_fraction=0.3
+    )
+    counts = np.concatenate([c.ravel() for c in exposure_coverage(models)])
+    assert set(np.unique(counts)) == {1, 2}
+
+
+def test_load_truth_names_the_missing_file(tmp_path):
+    written = write_association(tmp_path, n_exposures=2, n_detectors=1, detector_shape=(64, 64))
+    with pytest.raises(FileNotFoundError, match=r"_nrca1_truth\.npz.*truth_files=True"):
+        load_truth(written.asn_path)

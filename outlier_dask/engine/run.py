@@ -13,6 +13,7 @@ Stages, each written once against the run's :class:`~outlier_dask.engine.handove
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from outlier_dask.engine.tasks import (
     drizzle_group,
     flag_input,
 )
+from outlier_dask.kernels.combine import nanmedian_reject_highest
 from outlier_dask.kernels.median import nanmedian_stack
 from outlier_dask.parameters import OutlierParameters
 
@@ -136,7 +138,7 @@ def run_plan(
 
     started = time.perf_counter()
     stack = handover.stack(outcomes, layout)
-    median = stack.map_blocks(nanmedian_stack, drop_axis=0, dtype=np.float32)
+    median = stack.map_blocks(_combine_of(params), drop_axis=0, dtype=np.float32)
     handover.keep_median(median, runner)
     del outcomes  # a cluster may now forget the group results (the median holds what is left)
     timings["median"] = time.perf_counter() - started
@@ -163,6 +165,14 @@ def run_plan(
         covered_pixels=[o.covered for o in outcomes_by_input],
         flagged=[o.flagged for o in outcomes_by_input],
     )
+
+
+def _combine_of(params: OutlierParameters) -> Callable[[np.ndarray], np.ndarray]:
+    """The per-block statistic of the median stage: jwst's NaN-median, or with rejection."""
+    max_groups = params.detection_piece("nhigh_groups")
+    if max_groups < 2:
+        return nanmedian_stack
+    return functools.partial(nanmedian_reject_highest, max_groups=max_groups)
 
 
 def _flag_inputs(

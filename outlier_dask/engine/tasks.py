@@ -87,11 +87,18 @@ class FlagSettings:
     snr: tuple[float, float]
     scale: tuple[float, float]
     backg: float
+    source_fraction: float = 0.0
 
     @classmethod
     def from_parameters(cls, params: OutlierParameters) -> FlagSettings:
         """The flag-rule settings of a run's parameters."""
-        return cls(params.resample_data, params.snr_pair, params.scale_pair, params.backg)
+        return cls(
+            params.resample_data,
+            params.snr_pair,
+            params.scale_pair,
+            params.backg,
+            params.detection_piece("source_fraction"),
+        )
 
 
 def outside_value(threshold: float, fill: float) -> float:
@@ -342,7 +349,13 @@ def blot_and_flag_block(
     if settings.resample:
         backg = settings.backg if info.background_level is None else info.background_level
         mask = flag_resampled_outliers(
-            sci, err, reference, snr=settings.snr, scale=settings.scale, backg=backg
+            sci,
+            err,
+            reference,
+            snr=settings.snr,
+            scale=settings.scale,
+            backg=backg,
+            source_fraction=settings.source_fraction,
         )
     else:
         mask = flag_unresampled_outliers(sci, err, reference, snr1=settings.snr[0])

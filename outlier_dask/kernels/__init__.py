@@ -10,6 +10,7 @@ __all__ = [
     "OUTLIER_DQ_BITS",
     "WEIGHT_TYPES",
     "abs_derivative",
+    "count_finite",
     "dilate_3x3",
     "drizzle_weight_map",
     "flag_halo_px",
@@ -20,6 +21,7 @@ __all__ = [
     "interpret_good_bits",
     "mask_low_weight",
     "match_nans_and_flags",
+    "nanmedian_reject_highest",
     "nanmedian_stack",
     "valid_weight_values",
     "var_rnoise_usable",
@@ -31,6 +33,7 @@ __all__ = [
 # names to __all__ above and their import below.
 
 
+from outlier_dask.kernels.combine import count_finite, nanmedian_reject_highest
 from outlier_dask.kernels.derivative import DERIVATIVE_HALO_PX, abs_derivative
 from outlier_dask.kernels.dq import (
     DO_NOT_USE,

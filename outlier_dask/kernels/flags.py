@@ -114,6 +114,7 @@ def flag_resampled_outliers(
     snr: tuple[float, float],
     scale: tuple[float, float],
     backg: float,
+    source_fraction: float = 0.0,
 ) -> np.ndarray:
     """Outliers of one input against the blotted median, two-pass rule (§1.9).
 
@@ -138,6 +139,12 @@ def flag_resampled_outliers(
         Background level in the units of ``sci``, subtracted from ``sci - blot`` (the caller
         passes ``meta.background.level`` instead of the step's ``backg`` when the background
         was not subtracted, §1.9).
+    source_fraction : float, optional
+        Opt-in, not in the reference: a tolerance proportional to the source, added to both
+        thresholds as ``source_fraction * max(blot - backg, 0)``. Drizzling and blotting
+        smooth an undersampled star's core, so its pixels differ from the blot by a fraction
+        of the star's level, not of the noise; this term keeps such cores unflagged. 0 (the
+        default) is the reference rule, with the reference's arithmetic.
 
     Returns
     -------
@@ -163,8 +170,15 @@ def flag_resampled_outliers(
     error = np.nan_to_num(err)
     derivative = abs_derivative(blot)
     residual = np.abs(sci - blot - float(backg))
-    first_pass = np.greater(residual, scale1 * derivative + snr1 * error)
-    second_pass = np.greater(residual, scale2 * derivative + snr2 * error)
+    first_limit = scale1 * derivative + snr1 * error
+    second_limit = scale2 * derivative + snr2 * error
+    if source_fraction != 0:
+        # NaN blot stays NaN (never flagged), as without the term
+        tolerance = float(source_fraction) * np.maximum(blot - float(backg), 0)
+        first_limit += tolerance
+        second_limit += tolerance
+    first_pass = np.greater(residual, first_limit)
+    second_pass = np.greater(residual, second_limit)
     return dilate_3x3(first_pass) & second_pass
 
 

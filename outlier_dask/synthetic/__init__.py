@@ -25,13 +25,17 @@ from outlier_dask.synthetic.config import PIXEL_SCALE_ARCSEC as PIXEL_SCALE_ARCS
 from outlier_dask.synthetic.config import SyntheticConfig, cal_file_name, detector_name
 from outlier_dask.synthetic.frames import make_models
 from outlier_dask.synthetic.geometry import exposure_coverage
+from outlier_dask.synthetic.truth import FrameTruth, load_truth, truth_file_name
 
 __all__ = [
+    "FrameTruth",
     "SyntheticAssociation",
     "SyntheticConfig",
     "cal_file_name",
     "detector_name",
     "exposure_coverage",
+    "load_truth",
     "make_models",
+    "truth_file_name",
     "write_association",
 ]

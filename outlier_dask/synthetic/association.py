@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from outlier_dask.synthetic.config import _OBSERVATION_IDS, config_of
-from outlier_dask.synthetic.frames import _iter_frames
+from outlier_dask.synthetic.frames import _frame_coverage, _iter_frames
+from outlier_dask.synthetic.truth import truth_file_name
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ def write_association(
     detector_shape: tuple[int, int] = (256, 256),
     seed: int = 0,
     product_name: str = "synth",
+    truth_files: bool = False,
     **options: Any,
 ) -> SyntheticAssociation:
     """Write a synthetic association: ``<name>_cal.fits`` files and ``<product_name>_asn.json``.
@@ -57,6 +60,10 @@ def write_association(
         As for :func:`make_models`.
     product_name : str
         Name of the association's product (and prefix of the JSON file).
+    truth_files : bool
+        Also write ``<stem>_truth.npz`` beside each ``<stem>_cal.fits``: the frame's
+        :class:`~outlier_dask.synthetic.FrameTruth`, coverage included (read them back with
+        :func:`~outlier_dask.synthetic.load_truth`). The cal files are the same either way.
 
     Returns
     -------
@@ -72,12 +79,16 @@ def write_association(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cal_paths, truth = [], {}
-    for model, cosmic_rays in _iter_frames(config):
+    coverage = _frame_coverage(config) if truth_files else None
+    for index, (model, frame_truth) in enumerate(_iter_frames(config)):
         path = directory / model.meta.filename
         model.save(path)
         model.close()
         cal_paths.append(path)
-        truth[path.name] = cosmic_rays
+        truth[path.name] = frame_truth.cosmic_ray_mask
+        if coverage is not None:
+            with_coverage = dataclasses.replace(frame_truth, coverage=coverage[index])
+            with_coverage.save(directory / truth_file_name(path.name))
     asn_path = directory / f"{product_name}_asn.json"
     asn_path.write_text(json.dumps(_association(product_name, cal_paths), indent=4))
     return SyntheticAssociation(asn_path, cal_paths, truth, product_name)

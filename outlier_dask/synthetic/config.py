@@ -29,6 +29,7 @@ _OBSERVATION_IDS = {
 # Independent random streams: changing one component never reshuffles the others.
 _STREAM_DISTORTION, _STREAM_DITHER, _STREAM_SCENE = 0, 1, 2
 _STREAM_NOISE, _STREAM_BAD_PIXELS, _STREAM_COSMIC_RAYS, _STREAM_SKY = 3, 4, 5, 6
+_STREAM_HOT_PIXELS = 7
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class SyntheticConfig:
         Fully dead columns per detector.
     jump_fraction : float
         Fraction of usable pixels carrying a JUMP_DET flag (good data, not DO_NOT_USE).
+    hot_fraction : float
+        Fraction of a detector's usable pixels that are hot: unflagged in DQ, the same pixels
+        and excess in every exposure (10-300 sky sigma, log-uniform). 0 (the default) draws
+        nothing, so frames are identical to those made before the option existed.
     n_stars, n_galaxies : float or None
         Mean number of sources on one detector's area of sky; ``None`` means 50 stars and
         40 galaxies per 256 x 256 pixels, so the density stays fixed as detectors grow.
@@ -108,6 +113,7 @@ class SyntheticConfig:
     dead_fraction: float = 1e-3
     dead_columns: int = 1
     jump_fraction: float = 2e-3
+    hot_fraction: float = 0.0
     n_stars: float | None = None
     n_galaxies: float | None = None
     sky_level: float = 0.15
@@ -147,7 +153,13 @@ class SyntheticConfig:
             raise ValueError(f"vparity must be -1 or 1, got {self.vparity}")
         if self.sky_level <= 0:
             raise ValueError(f"sky_level must be > 0 MJy/sr, got {self.sky_level}")
-        for name in ("cr_fraction", "faint_cr_fraction", "dead_fraction", "jump_fraction"):
+        for name in (
+            "cr_fraction",
+            "faint_cr_fraction",
+            "dead_fraction",
+            "jump_fraction",
+            "hot_fraction",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("dead_columns", "distortion_px", "read_noise_electrons", "dither_fraction"):

@@ -7,6 +7,7 @@ import numpy as np
 from outlier_dask.synthetic.config import (
     _MJYSR_PER_E_PER_S,
     _STREAM_BAD_PIXELS,
+    _STREAM_HOT_PIXELS,
     DEAD,
     DO_NOT_USE,
     JUMP_DET,
@@ -77,11 +78,19 @@ def _cosmic_ray_tracks(
 
 def _cosmic_ray_signal(
     config: SyntheticConfig, rng: np.random.Generator, err: np.ndarray, usable: np.ndarray
-) -> np.ndarray:
-    """Injected cosmic-ray surface brightness, float32 ``(ny, nx)`` [MJy/sr], 0 elsewhere.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Injected cosmic rays: surface brightness and event number, each ``(ny, nx)``.
 
     Event amplitudes are log-uniform in 20-500 ``err`` (times 0.7-1 along a track), except a
     ``faint_cr_fraction`` of events at 8-15 ``err`` per pixel. Unusable pixels get none.
+
+    Returns
+    -------
+    signal : ndarray, float32
+        Cosmic-ray surface brightness [MJy/sr], 0 where none (overlapping events add up).
+    event : ndarray, int32
+        1-based number of the event that hit each pixel (the last one where events
+        overlap), 0 where none.
     """
     mean_pixels_per_event = 0.5 * 1 + 0.5 * 4
     n_events = rng.poisson(config.cr_fraction * err.size / mean_pixels_per_event)
@@ -96,5 +105,25 @@ def _cosmic_ray_signal(
     x, y = np.clip(x, 0, err.shape[1] - 1), np.clip(y, 0, err.shape[0] - 1)
     hit = member & usable[y, x]
     amplitude = n_sigma[hit] * err[y[hit], x[hit]]
-    signal = np.bincount(y[hit] * err.shape[1] + x[hit], weights=amplitude, minlength=err.size)
-    return signal.reshape(err.shape).astype(np.float32)
+    flat = y[hit] * err.shape[1] + x[hit]
+    signal = np.bincount(flat, weights=amplitude, minlength=err.size)
+    event = np.zeros(err.size, dtype=np.int32)
+    event[flat] = np.broadcast_to(np.arange(1, n_events + 1)[:, None], hit.shape)[hit]
+    return signal.reshape(err.shape).astype(np.float32), event.reshape(err.shape)
+
+
+def _hot_pixel_signal(config: SyntheticConfig, detector: int, usable: np.ndarray) -> np.ndarray:
+    """Excess of the detector's hot pixels, float32 ``(ny, nx)`` [MJy/sr], 0 elsewhere.
+
+    Hot pixels belong to the detector: the same pixels and values in every exposure, drawn
+    from their own random stream (``hot_fraction == 0`` draws nothing). Their excess is
+    log-uniform in 10-300 times the sky noise; DQ does not mark them.
+    """
+    signal = np.zeros(config.detector_shape, dtype=np.float32)
+    if config.hot_fraction == 0:
+        return signal
+    rng = _rng(config, _STREAM_HOT_PIXELS, detector)
+    hot = (rng.random(config.detector_shape) < config.hot_fraction) & usable
+    n_sigma = 10.0 * 30.0 ** rng.random(int(hot.sum()))
+    signal[hot] = n_sigma * config.sky_sigma
+    return signal

@@ -25,7 +25,12 @@ from outlier_dask.synthetic.config import (
     config_of,
     detector_name,
 )
-from outlier_dask.synthetic.defects import _bad_pixel_dq, _cosmic_ray_signal, _noise_variances
+from outlier_dask.synthetic.defects import (
+    _bad_pixel_dq,
+    _cosmic_ray_signal,
+    _hot_pixel_signal,
+    _noise_variances,
+)
 from outlier_dask.synthetic.geometry import (
     _detector_offsets_arcsec,
     _detector_wcs,
@@ -33,8 +38,10 @@ from outlier_dask.synthetic.geometry import (
     _exposure_pointings,
     _Pointing,
     _s_region,
+    coverage_of_frames,
 )
 from outlier_dask.synthetic.scene import _footprint_box_arcsec, _make_scene, _render_scene, _Scene
+from outlier_dask.synthetic.truth import FrameTruth
 
 _ARCSEC_PER_RAD = 180.0 * 3600.0 / np.pi
 _V2V3_MODULE_CENTRE_ARCSEC = (86.0, -493.0)  # roughly NIRCam module A
@@ -121,9 +128,10 @@ def _frame(
     detector: int,
     pointing: _Pointing,
     sky_level: float,
-) -> tuple[ImageModel, np.ndarray]:
-    """One calibrated frame and its bool ``(ny, nx)`` cosmic-ray truth mask."""
-    signal = (sky_level + _render_scene(scene, wcs, config)).astype(np.float32)
+) -> tuple[ImageModel, FrameTruth]:
+    """One calibrated frame and what was injected into it (without coverage)."""
+    source = _render_scene(scene, wcs, config)
+    signal = (sky_level + source).astype(np.float32)
     noise_rng = _rng(config, _STREAM_NOISE, exposure, detector)
     var_poisson, var_rnoise, var_flat = _noise_variances(config, signal, noise_rng)
     err = np.sqrt(var_poisson + var_rnoise + var_flat)
@@ -132,8 +140,19 @@ def _frame(
     dq = _bad_pixel_dq(config, exposure, detector)
     usable = (dq & DO_NOT_USE) == 0
     cr_rng = _rng(config, _STREAM_COSMIC_RAYS, exposure, detector)
-    cosmic_rays = _cosmic_ray_signal(config, cr_rng, err, usable)
+    cosmic_rays, events = _cosmic_ray_signal(config, cr_rng, err, usable)
     data += cosmic_rays
+    hot_pixels = _hot_pixel_signal(config, detector, usable)
+    if config.hot_fraction > 0:  # adding zeros would still turn -0.0 into +0.0
+        data += hot_pixels
+    truth = FrameTruth(
+        cosmic_ray=cosmic_rays,
+        cosmic_ray_snr=np.divide(cosmic_rays, err, out=np.zeros_like(err), where=usable),
+        cosmic_ray_event=events,
+        hot_pixel=hot_pixels,
+        source=source.astype(np.float32),
+        sky_sigma=config.sky_sigma,
+    )
 
     arrays = {
         "data": data,
@@ -147,11 +166,12 @@ def _frame(
     model = ImageModel(dq=dq, **arrays)
     model.meta.wcs = wcs
     _set_metadata(model, config, exposure, detector, pointing, sky_level)
-    return model, cosmic_rays > 0
+    return model, truth
 
 
-def _iter_frames(config: SyntheticConfig) -> Iterator[tuple[ImageModel, np.ndarray]]:
-    """Frames in association order (pointing, then exposure, then detector), one at a time."""
+def _frame_geometry(config: SyntheticConfig) -> tuple[list[_Pointing], list[list[WCS]]]:
+    """Pointing of each exposure (pointing-major over the survey grid) and WCS of each frame,
+    ``wcs[exposure][detector]``."""
     offsets = _detector_offsets_arcsec(config)
     distortions = [_distortion_with_inverse(config, d) for d in range(config.n_detectors)]
     pointings = _exposure_pointings(config)
@@ -162,6 +182,21 @@ def _iter_frames(config: SyntheticConfig) -> Iterator[tuple[ImageModel, np.ndarr
         ]
         for p in pointings
     ]
+    return pointings, wcs
+
+
+def _frame_coverage(config: SyntheticConfig) -> list[np.ndarray]:
+    """Exposure coverage of every frame, association order, int16 ``(ny, nx)`` each."""
+    _, wcs = _frame_geometry(config)
+    flat = [w for row in wcs for w in row]
+    exposures = [e for e, row in enumerate(wcs) for _ in row]
+    shapes = [config.detector_shape] * len(flat)
+    return [c.astype(np.int16) for c in coverage_of_frames(flat, exposures, shapes)]
+
+
+def _iter_frames(config: SyntheticConfig) -> Iterator[tuple[ImageModel, FrameTruth]]:
+    """Frames in association order (pointing, then exposure, then detector), one at a time."""
+    pointings, wcs = _frame_geometry(config)
     scene = _make_scene(config, _footprint_box_arcsec([w for row in wcs for w in row], config))
     sky_levels = _exposure_sky_levels(config)
     for e, (row, pointing, sky) in enumerate(zip(wcs, pointings, sky_levels, strict=True)):
@@ -207,4 +242,4 @@ def make_models(
     """
     config = config_of(n_exposures, n_detectors, detector_shape, seed, **options)
     frames = list(_iter_frames(config))
-    return [m for m, _ in frames], [t for _, t in frames]
+    return [m for m, _ in frames], [t.cosmic_ray_mask for _, t in frames]

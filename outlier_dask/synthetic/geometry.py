@@ -322,17 +322,23 @@ def exposure_coverage(models: list[ImageModel]) -> list[np.ndarray]:
         whose pixel-edge bounding box contains the pixel centre's sky position. Geometry only:
         DO_NOT_USE pixels and weight masking are ignored.
     """
-    exposures = [
-        (m.meta.observation.visit_number, m.meta.observation.exposure_number) for m in models
-    ]
+    return coverage_of_frames(
+        [m.meta.wcs for m in models],
+        [(m.meta.observation.visit_number, m.meta.observation.exposure_number) for m in models],
+        [m.data.shape for m in models],
+    )
+
+
+def coverage_of_frames(
+    wcs_list: list[WCS], exposures: list, shapes: list[tuple[int, int]]
+) -> list[np.ndarray]:
+    """:func:`exposure_coverage` of frames given by their WCS, exposure and ``(ny, nx)``."""
     coverage = []
-    for model in models:
-        ny, nx = model.data.shape
-        ra, dec = model.meta.wcs(*np.meshgrid(np.arange(nx), np.arange(ny)))
-        seen: dict[tuple[str, str], np.ndarray] = {}
-        for other, exposure in zip(models, exposures, strict=True):
-            x, y = _world_to_pixel_checked(other.meta.wcs, ra, dec)
-            oy, ox = other.data.shape
+    for wcs, (ny, nx) in zip(wcs_list, shapes, strict=True):
+        ra, dec = wcs(*np.meshgrid(np.arange(nx), np.arange(ny)))
+        seen: dict = {}
+        for other, exposure, (oy, ox) in zip(wcs_list, exposures, shapes, strict=True):
+            x, y = _world_to_pixel_checked(other, ra, dec)
             inside = (x >= -0.5) & (x < ox - 0.5) & (y >= -0.5) & (y < oy - 0.5)
             seen[exposure] = seen.get(exposure, np.zeros((ny, nx), bool)) | inside
         coverage.append(np.sum(list(seen.values()), axis=0))

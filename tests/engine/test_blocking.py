@@ -71,6 +71,47 @@ def test_masks_do_not_depend_on_tiles_or_blocks(
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.fixture(scope="module")
+def robust_reference(models):
+    return _run(
+        models,
+        tile_size=4096,
+        block_size=4096,
+        save_intermediate_results=True,
+        detection="robust",
+        backg=-0.1,  # the sky (0.15 MJy/sr) then counts as source: the tolerance is not 0
+    )
+
+
+def test_robust_changes_the_median_and_the_flags(models, reference, robust_reference):
+    _, default = reference
+    _, robust = robust_reference
+    assert not np.array_equal(robust.median, default.median, equal_nan=True)
+    assert any(not np.array_equal(r, d) for r, d in zip(robust.masks, default.masks, strict=True))
+
+
+@pytest.mark.parametrize("kind", [SHARED, LOCAL_STORE, STORE, WORKERS])
+@pytest.mark.parametrize(("tile_size", "block_size"), [(16, 16), (37, 23), (1000, 3)])
+def test_robust_masks_do_not_depend_on_tiles_blocks_or_kind(
+    models, robust_reference, tile_size, block_size, kind, tmp_path
+):
+    """The rejection median and the source tolerance are exact on every cut and handover."""
+    _, expected = robust_reference
+    _, result = _run(
+        models,
+        tmp_path,
+        kind=kind,
+        tile_size=tile_size,
+        block_size=block_size,
+        save_intermediate_results=True,
+        detection="robust",
+        backg=-0.1,
+    )
+    for want, got in zip(expected.masks, result.masks, strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(result.median, expected.median)
+
+
 @pytest.mark.parametrize("block_size", [1, 2])
 def test_blocks_smaller_than_the_halo(models, reference, block_size):
     """Blocks of 1 and 2 pixels (the halo is 2) still give the whole-frame mask."""

@@ -272,3 +272,50 @@ def test_unresampled_equals_stcal(snr1):
     result = flag_unresampled_outliers(sci, err, median, snr1=snr1)
     assert expected.any()
     np.testing.assert_array_equal(result, expected)
+
+
+def test_source_fraction_adds_a_tolerance_proportional_to_the_source():
+    blot = _flat()
+    blot[2, 3] = 100.0  # a bright star core in the median
+    sci = blot.copy()
+    sci[2, 3] += 40.0  # 40 above the blot: far above 5 err, below 0.5 * 100 + 5
+    sci[0, 0] += 10.0  # on the sky: the tolerance is 0 there
+    err = _flat(value=1.0)
+    params = {**DEFAULTS, "scale": (0.0, 0.0)}
+    np.testing.assert_array_equal(
+        flag_resampled_outliers(sci, err, blot, **params), _mask(sci.shape, (0, 0), (2, 3))
+    )
+    np.testing.assert_array_equal(
+        flag_resampled_outliers(sci, err, blot, **params, source_fraction=0.5),
+        _mask(sci.shape, (0, 0)),
+    )
+    # 0.3 * 100 + 5 = 35 < 40: flagged again
+    np.testing.assert_array_equal(
+        flag_resampled_outliers(sci, err, blot, **params, source_fraction=0.3),
+        _mask(sci.shape, (0, 0), (2, 3)),
+    )
+
+
+def test_source_fraction_counts_the_source_above_the_background():
+    blot = _flat(value=10.0)
+    sci = blot + np.float32(8.0)
+    err = _flat(value=1.0)
+    # with backg = 10 the blot holds no source: no tolerance, and |8 - 10| = 2 < 5
+    params = {**DEFAULTS, "scale": (0.0, 0.0), "source_fraction": 1.0}
+    assert not flag_resampled_outliers(sci, err, blot, **{**params, "backg": 10.0}).any()
+    # with backg = 0 all 10 count as source: 8 < 1.0 * 10 + 5
+    assert not flag_resampled_outliers(sci, err, blot, **{**params, "backg": 0.0}).any()
+    # and without the tolerance 8 > 5 everywhere
+    assert flag_resampled_outliers(sci, err, blot, **{**DEFAULTS, "scale": (0.0, 0.0)}).all()
+
+
+def test_source_fraction_zero_is_the_reference_rule_bit_for_bit():
+    rng = np.random.default_rng(4)
+    blot = rng.normal(10.0, 3.0, (20, 24)).astype(np.float32)
+    sci = blot + rng.normal(0.0, 1.0, blot.shape).astype(np.float32)
+    sci[rng.random(sci.shape) < 0.05] += 30.0
+    err = np.ones_like(sci)
+    np.testing.assert_array_equal(
+        flag_resampled_outliers(sci, err, blot, **DEFAULTS, source_fraction=0.0),
+        flag_resampled_outliers(sci, err, blot, **DEFAULTS),
+    )
