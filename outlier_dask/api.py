@@ -36,6 +36,7 @@ from outlier_dask.io.outputs import (
     write_blot,
     write_image,
 )
+from outlier_dask.io.provenance import provenance_history
 from outlier_dask.io.validation import (
     check_free_space,
     check_inputs,
@@ -350,7 +351,7 @@ def detect_outliers(
                 params,
                 runner,
                 handover,
-                writers=_product_writers(plan, outputs) if from_files else None,
+                writers=_product_writers(plan, outputs, params) if from_files else None,
                 keep_median=extras.plot is not None,
                 keep_masks=extras.plot is not None,
             )
@@ -450,10 +451,13 @@ def result_counts(result: EngineResult) -> list[int]:
     return list(result.flagged)
 
 
-def _product_writers(plan: Plan, outputs: list[Path]) -> list[Callable[[np.ndarray], int]]:
+def _product_writers(
+    plan: Plan, outputs: list[Path], params: OutlierParameters
+) -> list[Callable[[np.ndarray], int]]:
     """Per member, the call that writes its ``_crf`` product from its mask (run in a worker)."""
+    history = provenance_history(params)
     return [
-        functools.partial(write_flagged_fits, member.path, final=path)
+        functools.partial(write_flagged_fits, member.path, final=path, history=history)
         for member, path in zip(plan.members, outputs, strict=True)
     ]
 
@@ -462,7 +466,7 @@ def _skip(members, outputs, from_files, params) -> OutlierResult:
     written: list[Any] = []
     for k, member in enumerate(members):
         if from_files:
-            write_flagged_fits(member.path, None, outputs[k])
+            write_flagged_fits(member.path, None, outputs[k], history=provenance_history(params))
             written.append(outputs[k])
         else:
             model = member_model_copy(member)

@@ -1,10 +1,14 @@
 """Parameter files: YAML, or the ASDF parameter files ``stpipe`` writes for the reference step.
 
-Three layouts are read:
+Four layouts are read:
 
 - an ASDF file as ``strun --save-parameters`` or ``Step.export_config`` writes it for
-  ``OutlierDetectionStep``: ``class``, ``name`` and a ``parameters:`` mapping;
-- a YAML file with the same ``parameters:`` mapping;
+  ``OutlierDetectionStep`` or ``OutlierDetectionDaskStep``: ``class``, ``name`` and a
+  ``parameters:`` mapping, with or without the ``meta:`` block of a CRDS parameter reference
+  file (``export_config(..., include_metadata=True)``, ``--save-parameters``);
+- the same for a pipeline (``calwebb_image3``): its ``steps:`` list, of which the entry of the
+  outlier detection step (``name: outlier_detection``) is read;
+- a YAML file with a ``parameters:`` mapping (or a pipeline's ``steps:``);
 - a YAML file whose top-level keys are the parameters.
 
 Both files are parsed without constructing any Python object: YAML with ``yaml.safe_load``,
@@ -55,8 +59,16 @@ STPIPE_KEYS = frozenset(
 OTHER_MODE_KEYS = frozenset(
     {"kernel_size", "threshold_percent", "rolling_window_width", "ifu_second_check"}
 )
+#: Parameters of ``OutlierDetectionDaskStep`` that are no parameters of a run: its progress
+#: display (the command has ``--progress``).
+STEP_DISPLAY_KEYS = frozenset({"progress"})
 #: Keys accepted in a parameter file and ignored.
-IGNORED_KEYS = STPIPE_KEYS | OTHER_MODE_KEYS
+IGNORED_KEYS = STPIPE_KEYS | OTHER_MODE_KEYS | STEP_DISPLAY_KEYS
+#: Top-level keys of a step's parameter file beside ``parameters``: asdf's own, and the
+#: ``meta`` block stpipe writes for a CRDS parameter reference file.
+_FILE_KEYS = frozenset({"parameters", "asdf_library", "history", "meta"})
+#: Name of the outlier detection step in a pipeline's ``steps`` list.
+_PIPELINE_STEP_NAME = "outlier_detection"
 
 _STEP_CLASSES = ("OutlierDetectionStep", "OutlierDetectionDaskStep", "outlier_detection")
 _ASDF_MAGIC = b"#ASDF"
@@ -115,11 +127,13 @@ def read_parameter_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(tree, Mapping):
         raise ParameterError(f"{path}: expected a mapping of parameter names to values")
+    if "steps" in tree:
+        tree = _outlier_step_entry(path, tree["steps"])
     if "parameters" in tree:
         values = tree["parameters"]
         if not isinstance(values, Mapping):
             raise ParameterError(f"{path}: 'parameters' must be a mapping of names to values")
-        others = set(tree) - {"parameters", "asdf_library", "history"} - STPIPE_KEYS
+        others = set(tree) - _FILE_KEYS - STPIPE_KEYS
         if others:
             raise ParameterError(
                 f"{path}: unknown top-level key {sorted(others)[0]!r} beside 'parameters'"
@@ -141,6 +155,16 @@ def read_parameter_file(path: str | Path) -> dict[str, Any]:
         else:
             raise ParameterError(f"{path}: {not_a_parameter(raw_key)}")
     return found
+
+
+def _outlier_step_entry(path: Path, steps: Any) -> Mapping[str, Any]:
+    """The ``outlier_detection`` entry of a pipeline parameter file's ``steps`` list."""
+    if not isinstance(steps, list) or not all(isinstance(s, Mapping) for s in steps):
+        raise ParameterError(f"{path}: 'steps' must be a list of steps' parameters")
+    for entry in steps:
+        if entry.get("name") == _PIPELINE_STEP_NAME:
+            return entry
+    raise ParameterError(f"{path}: a pipeline's parameters without an outlier_detection step")
 
 
 def parameters_with_file(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import asdf
 import pytest
@@ -94,6 +97,77 @@ def test_asdf_exported_by_the_reference_step(tmp_path):
     }
 
 
+EXPECTED_FROM_STEP = {"snr": "6.5 3.5", "pixfrac": 0.8, "in_memory": False}
+
+
+@pytest.mark.parametrize("include_metadata", [False, True])
+@pytest.mark.parametrize("step_name", ["OutlierDetectionStep", "OutlierDetectionDaskStep"])
+def test_every_export_config_file_is_read(tmp_path, step_name, include_metadata):
+    pytest.importorskip("jwst")
+    from jwst.outlier_detection import OutlierDetectionStep
+
+    from outlier_dask.step import OutlierDetectionDaskStep
+
+    step_class = {c.__name__: c for c in (OutlierDetectionStep, OutlierDetectionDaskStep)}
+    step = step_class[step_name](**EXPECTED_FROM_STEP)
+    path = tmp_path / f"{step_name}.asdf"
+    step.export_config(str(path), include_metadata=include_metadata)
+    if include_metadata:
+        assert b"\nmeta:" in path.read_bytes()  # the CRDS reference file's block is there
+    params = parameters_with_file(path, {})
+    assert params.step_parameters == {**OutlierParameters().step_parameters, **EXPECTED_FROM_STEP}
+
+
+def test_strun_save_parameters_file_is_read(tmp_path):
+    """The file of ``strun outlier_detection ... --save-parameters`` (meta block included)."""
+    pytest.importorskip("jwst")
+    from outlier_dask.synthetic import write_association
+
+    data = write_association(
+        tmp_path / "data", n_exposures=1, n_detectors=1, detector_shape=(64, 64), seed=2
+    )
+    path = tmp_path / "saved.asdf"
+    strun = Path(sys.executable).with_name("strun")
+    done = subprocess.run(
+        [
+            str(strun),
+            "outlier_detection",
+            str(data.asn_path),
+            "--snr=6.5 3.5",
+            "--pixfrac=0.8",
+            "--in_memory=False",
+            f"--save-parameters={path}",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert path.exists(), done.stderr[-2000:]
+    params = parameters_with_file(path, {})
+    assert params.step_parameters == {**OutlierParameters().step_parameters, **EXPECTED_FROM_STEP}
+
+
+def test_pipeline_file_gives_its_outlier_detection_step(tmp_path):
+    pytest.importorskip("jwst")
+    from jwst.pipeline import Image3Pipeline
+
+    pipeline = Image3Pipeline(
+        steps={"outlier_detection": EXPECTED_FROM_STEP, "resample": {"pixfrac": 0.5}}
+    )
+    path = tmp_path / "image3.asdf"
+    pipeline.export_config(str(path), include_metadata=True)
+    params = parameters_with_file(path, {})
+    assert params.step_parameters == {**OutlierParameters().step_parameters, **EXPECTED_FROM_STEP}
+
+
+def test_pipeline_file_without_outlier_detection_is_refused(tmp_path):
+    path = _write(tmp_path / "p.yaml", "steps:\n- name: resample\n  parameters: {pixfrac: 1}\n")
+    with pytest.raises(ParameterError, match=r"p\.yaml: .*without an outlier_detection step"):
+        read_parameter_file(path)
+
+
 def test_stpipe_and_other_mode_keys_are_ignored_with_a_debug_record(tmp_path, caplog):
     lines = "\n".join(f"{key}: 1" for key in sorted(IGNORED_KEYS))
     path = _write(tmp_path / "pars.yaml", lines + "\nbackg: 0.25\n")
@@ -144,7 +218,8 @@ def test_bad_value_in_the_file_names_the_file_unless_overridden(tmp_path):
         ("- 1\n- 2\n", "expected a mapping"),
         ("snr: [5.0\n", "not a YAML or ASDF parameter file"),
         ("parameters: 3\n", "'parameters' must be a mapping"),
-        ("parameters: {snr: 5 4}\nsteps: {}\n", "unknown top-level key 'steps'"),
+        ("parameters: {snr: 5 4}\nsteps: {}\n", "'steps' must be a list of steps' parameters"),
+        ("parameters: {snr: 5 4}\nother: {}\n", "unknown top-level key 'other'"),
     ],
 )
 def test_malformed_files_are_one_line_errors(tmp_path, text, message):

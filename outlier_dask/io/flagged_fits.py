@@ -1,24 +1,25 @@
 """Writing a flagged ``_crf`` file straight from its ``_cal`` file, at FITS level.
 
 Opening a product with stdatamodels and saving it again reads every array, validates the
-schema twice and rebuilds every header. Here the input's
-bytes are reused, the six arrays get the outlier update (the kernels of algorithm.md §1.11), and
-two primary keywords change: ``FILENAME`` and ``S_OUTLIR`` (the FITS keyword of
-``meta.cal_step.outlier_detection``). The embedded ASDF tree is kept as it is; because the
-headers no longer match the hash stored in it, stdatamodels reads the changed keywords back
-into ``meta`` when the product is opened — its documented behaviour for FITS files edited
-outside it — so the pipeline sees ``COMPLETE`` and the new name.
+schema twice and rebuilds every header. Here the input's bytes are reused, the six arrays get
+the outlier update (the kernels of algorithm.md §1.11), and what the product says about itself
+(its name, date, ``meta.cal_step.outlier_detection``, the tool, version and parameters that
+made it, the hash of its headers) is written by :mod:`outlier_dask.io.provenance` into the
+primary header and into the embedded ASDF tree alike, so every reader (asdf, stdatamodels,
+archives) sees the same product.
 
 How the file is written
 -----------------------
-The output is the input with a new primary header; every other HDU keeps its header bytes and
-its place relative to the end of the primary header (the new header may be one 2880-byte block
-longer than the old one when a card is added). So the writer:
+The output is the input with a new primary header and a new ``ASDF`` extension (stdatamodels
+always writes it last); every other HDU keeps its header bytes and its place relative to the
+end of the primary header (the new header may be a few 2880-byte blocks longer than the old
+one, for the cards added). So the writer:
 
-1. reads the input's layout with astropy, headers only (no data is loaded);
+1. reads the input's layout with astropy, headers only (no data is loaded), and the bytes of
+   its embedded ASDF file;
 2. writes the new primary header, built by astropy from the input's one;
-3. copies every byte range that does not change (extension headers, the ASDF table, arrays of
-   another shape, padding) with ``os.copy_file_range``, so the kernel copies it;
+3. copies every byte range that does not change (extension headers, arrays of another shape,
+   padding) with ``os.copy_file_range``, so the kernel copies it;
 4. streams the arrays of the shape of SCI through the DQ kernels in blocks of rows: each block
    is read raw (big-endian, unscaled) into a small buffer, updated in place by
    :func:`~outlier_dask.kernels.dq.flag_outliers_in_dq` and
@@ -26,7 +27,8 @@ longer than the old one when a card is added). So the writer:
    output. The kernels act pixel by pixel, so a block gives the same values as the whole array.
    Blocks of ~512 KiB per array keep the six of them in the CPU cache from read to write, which
    is why this is faster than copying everything and patching a memory map of the output (that
-   costs a page fault for nearly every page of every array, since outliers are everywhere).
+   costs a page fault for nearly every page of every array, since outliers are everywhere);
+5. writes the new ``ASDF`` extension (the input's header with the new length, the new tree).
 
 DQ is read as its raw integers. For the usual pseudo-unsigned DQ (BITPIX 32, BZERO 2**31) the
 stored value is the unsigned one with its top bit flipped, so setting or testing the low bits
@@ -52,7 +54,8 @@ writes the ``_cal`` products) neither writes nor checks them.
 Fallback
 --------
 Inputs this writer cannot reproduce by copying bytes go to :func:`_write_flagged_fits_astropy`,
-which also raises the errors the old writer raised: a primary HDU with data or without
+which also raises the errors the old writer raised: an ``ASDF`` extension that is not the
+last HDU or not the one-cell byte table stdatamodels writes, a primary HDU with data or without
 ``EXTEND = T``, a header astropy's verification refuses, a missing SCI or DQ, an extension
 named twice, one of the six arrays that is not a plain image (compressed, a table), a float
 array with BSCALE/BZERO scaling or an integer one, a DQ with scaling other than
@@ -71,12 +74,20 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
+from stdatamodels.fits_support import fits_hash
 
 from outlier_dask.io.outputs import atomic_path
+from outlier_dask.io.provenance import (
+    ProductRecord,
+    product_record,
+    record_in_header,
+    record_in_tree,
+)
 from outlier_dask.kernels.dq import flag_outliers_in_dq, match_nans_and_flags
 
 __all__ = ["write_flagged_fits"]
@@ -97,6 +108,10 @@ _BLOCK_BYTES = 512 * 1024
 _COPY_BYTES = 1024 * 1024
 #: ``copy_file_range`` errors meaning "not between these files", not "the copy failed".
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+#: Name of the extension holding the embedded ASDF file, and of its one column.
+_ASDF_EXTENSION = "ASDF"
+_ASDF_COLUMN = "ASDF_METADATA"
+_FITS_BLOCK = 2880
 
 
 @dataclass(frozen=True)
@@ -130,13 +145,23 @@ class _Layout:
     primary_header: bytes
     #: Byte offset of the end of the input's primary header (start of the first extension).
     body_start: int
-    #: Byte offset of the end of the input's last HDU, padding included.
+    #: Byte offset of the end of the input's HDUs copied (the start of its ASDF extension, or
+    #: the end of its last HDU, padding included).
     body_end: int
     #: Arrays the kernels update, in file order; empty when the mask is None.
     arrays: tuple[_Array, ...]
+    #: The output's new ASDF extension (header and padded data), or empty without one.
+    asdf_hdu: bytes
 
 
-def write_flagged_fits(source: Path, mask: np.ndarray | None, final: Path) -> int:
+def write_flagged_fits(
+    source: Path,
+    mask: np.ndarray | None,
+    final: Path,
+    *,
+    history: tuple[str, ...] = (),
+    date: str | None = None,
+) -> int:
     """Write ``final`` as ``source`` with outliers flagged; returns the pixels flagged.
 
     Parameters
@@ -147,6 +172,11 @@ def write_flagged_fits(source: Path, mask: np.ndarray | None, final: Path) -> in
         Outliers (True); None writes the input unchanged with status ``SKIPPED``.
     final : Path
         The product's path; written under a temporary name and renamed when complete.
+    history : tuple of str
+        History entries to add (:func:`~outlier_dask.io.provenance.provenance_history`), each
+        at most 72 characters (one FITS ``HISTORY`` card).
+    date : str, optional
+        The product's ``DATE`` (UTC, ISO 8601); by default the time of writing.
 
     Returns
     -------
@@ -155,9 +185,11 @@ def write_flagged_fits(source: Path, mask: np.ndarray | None, final: Path) -> in
     """
     if mask is not None:
         mask = np.asarray(mask)
-    layout = _byte_layout(Path(source), mask, Path(final).name)
+    status = "SKIPPED" if mask is None else "COMPLETE"
+    record = product_record(Path(final).name, status, history, date)
+    layout = _byte_layout(Path(source), mask, record)
     if layout is None:
-        return _write_flagged_fits_astropy(source, mask, Path(final))
+        return _write_flagged_fits_astropy(source, mask, Path(final), record)
     shift = len(layout.primary_header) - layout.body_start
     with (
         atomic_path(Path(final)) as tmp,
@@ -170,24 +202,24 @@ def write_flagged_fits(source: Path, mask: np.ndarray | None, final: Path) -> in
             _copy_range(src, dst, position, array.offset, shift)
             position = array.offset + array.nbytes
         _copy_range(src, dst, position, layout.body_end, shift)
+        _write_all(dst, memoryview(layout.asdf_hdu), layout.body_end + shift)
         if mask is not None:
             _flag_arrays(src, dst, layout.arrays, mask, shift)
     return 0 if mask is None else int(np.count_nonzero(mask))
 
 
-def _byte_layout(source: Path, mask: np.ndarray | None, final_name: str) -> _Layout | None:
-    """The input's layout and the output's primary header, or None to use the astropy writer.
+def _byte_layout(source: Path, mask: np.ndarray | None, record: ProductRecord) -> _Layout | None:
+    """The input's layout and the output's new headers, or None to use the astropy writer.
 
     Parameters
     ----------
     source : Path
-        The input FITS file; only its headers are read.
+        The input FITS file; its headers and its embedded ASDF file are read.
     mask : ndarray, any shape, or None
         The outlier mask (only its shape is used here); None for a skipped run.
-    final_name : str
-        Base name of the product, the new ``FILENAME``.
+    record : ProductRecord
+        What the product records about itself.
     """
-    status = "SKIPPED" if mask is None else "COMPLETE"
     with fits.open(source, memmap=True, do_not_scale_image_data=True) as hdul:
         n_hdus = len(hdul)  # reads every header, so fileinfo() is known for all
         try:
@@ -211,9 +243,57 @@ def _byte_layout(source: Path, mask: np.ndarray | None, final_name: str) -> _Lay
                 return None
             arrays = found
         header = primary.header.copy()
-        header["FILENAME"] = final_name
-        header["S_OUTLIR"] = status
-    return _Layout(header.tostring().encode("ascii"), body_start, body_end, arrays)
+        record_in_header(header, record)
+        asdf_hdu = b""
+        if _ASDF_EXTENSION in hdul:
+            if hdul.index_of(_ASDF_EXTENSION) != n_hdus - 1:
+                return None
+            asdf_bytes = _embedded_asdf_bytes(hdul[_ASDF_EXTENSION], hdul.fileinfo(n_hdus - 1))
+            if asdf_bytes is None:
+                return None
+            with open(source, "rb") as raw:
+                raw.seek(asdf_bytes[0])
+                content = raw.read(asdf_bytes[1])
+            new_hash = fits_hash(fits.HDUList([fits.PrimaryHDU(header=header), *hdul[1:]]))
+            extension = _asdf_extension(record_in_tree(content, record, new_hash))
+            asdf_hdu = extension.header.tostring().encode("ascii") + _padded(extension.data)
+            body_end = hdul.fileinfo(n_hdus - 1)["hdrLoc"]
+    return _Layout(header.tostring().encode("ascii"), body_start, body_end, arrays, asdf_hdu)
+
+
+def _embedded_asdf_bytes(hdu: Any, info: dict[str, int]) -> tuple[int, int] | None:
+    """``(offset, length)`` of the embedded ASDF file in the input, or None if not as expected.
+
+    stdatamodels writes it as a binary table of one row and one column of ``nB`` (n bytes).
+    """
+    header = hdu.header
+    if type(hdu) is not fits.BinTableHDU or header.get("TFIELDS") != 1:
+        return None
+    if header.get("NAXIS2") != 1 or header.get("PCOUNT", 0) != 0:
+        return None
+    length = header.get("NAXIS1")
+    if header.get("TFORM1") != f"{length}B" or not isinstance(length, int):
+        return None
+    if length > info["datSpan"]:
+        return None
+    return info["datLoc"], length
+
+
+def _asdf_extension(content: bytes) -> fits.BinTableHDU:
+    """The ``ASDF`` extension holding ``content``, made as stdatamodels makes it.
+
+    Made anew rather than from the input's header, whose CHECKSUM/DATASUM (if any) would be
+    stale.
+    """
+    data = np.frombuffer(content, dtype=np.uint8)[np.newaxis, :]
+    column = fits.Column(name=_ASDF_COLUMN, format=f"{data.shape[1]}B", array=data)
+    return fits.BinTableHDU.from_columns([column], name=_ASDF_EXTENSION)
+
+
+def _padded(table: fits.FITS_rec) -> bytes:
+    """The bytes of a one-row byte table's data, padded to whole FITS blocks."""
+    content = table[_ASDF_COLUMN][0].tobytes()
+    return content + bytes(-len(content) % _FITS_BLOCK)
 
 
 def _update_arrays(hdul: fits.HDUList, shape: tuple[int, ...]) -> tuple[_Array, ...] | None:
@@ -366,11 +446,14 @@ def _native(array: np.ndarray | None) -> np.ndarray | None:
     return np.array(array, dtype=array.dtype.newbyteorder("="))
 
 
-def _write_flagged_fits_astropy(source: Path, mask: np.ndarray | None, final: Path) -> int:
+def _write_flagged_fits_astropy(
+    source: Path, mask: np.ndarray | None, final: Path, record: ProductRecord | None = None
+) -> int:
     """:func:`write_flagged_fits` through astropy: every array read, updated and re-serialised.
 
     The general path, for the inputs the byte-level writer does not handle (see the module
-    docstring); same parameters and result.
+    docstring); same parameters and result, with the product's ``record`` (by default that of
+    a run without history entries, written now).
     """
     with fits.open(source, memmap=False) as hdul:
         names = [hdu.name for hdu in hdul]
@@ -381,6 +464,8 @@ def _write_flagged_fits_astropy(source: Path, mask: np.ndarray | None, final: Pa
             if ext in names
         }
         status = "SKIPPED" if mask is None else "COMPLETE"
+        if record is None:
+            record = product_record(Path(final).name, status, ())
         count = 0
         if mask is not None:
             count = int(np.count_nonzero(mask))
@@ -394,16 +479,30 @@ def _write_flagged_fits_astropy(source: Path, mask: np.ndarray | None, final: Pa
             **{ext: variances.get(a) for ext, a in VARIANCE_EXTENSIONS.items()},
         }
         out = fits.HDUList()
+        asdf_content = None
         for hdu in hdul:
             if hdu.name in by_extension and by_extension[hdu.name] is not None:
                 header = hdu.header.copy()
                 for key in ("BZERO", "BSCALE"):
                     header.remove(key, ignore_missing=True)
                 out.append(fits.ImageHDU(data=by_extension[hdu.name], header=header))
+            elif hdu.name == _ASDF_EXTENSION and asdf_content is None:
+                asdf_content = hdu.data[_ASDF_COLUMN][0].tobytes()
             else:
                 out.append(hdu.copy())
-        out[0].header["FILENAME"] = final.name
-        out[0].header["S_OUTLIR"] = status
+        record_in_header(out[0].header, record)
         with atomic_path(final) as tmp:
             out.writeto(tmp)
+            if asdf_content is not None:
+                _append_asdf_extension(tmp, asdf_content, record)
     return count
+
+
+def _append_asdf_extension(path: Path, content: bytes, record: ProductRecord) -> None:
+    """Append the ASDF extension, its tree updated with ``record`` and the file's header hash.
+
+    The hash is taken of the headers as written (astropy adds BZERO to DQ, for instance), which
+    are the ones stdatamodels hashes when it reads the product.
+    """
+    with fits.open(path, mode="append") as hdul:
+        hdul.append(_asdf_extension(record_in_tree(content, record, fits_hash(hdul))))

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 from pathlib import Path
 
+import asdf.util
 import numpy as np
 import pytest
 from astropy.io import fits
+from stdatamodels.fits_support import fits_hash
 from stdatamodels.jwst import datamodels
 
 from outlier_dask.io import flagged_fits
 from outlier_dask.io.flagged_fits import _write_flagged_fits_astropy, write_flagged_fits
+from outlier_dask.io.provenance import product_record
 from outlier_dask.kernels.dq import DO_NOT_USE, OUTLIER
 from outlier_dask.synthetic import write_association
 
@@ -21,6 +25,9 @@ SHAPE = (64, 64)
 FLOAT_EXTENSIONS = ("SCI", "ERR", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT")
 #: Float32 NaNs other than numpy's (0x7fc00000): the writers must both replace them.
 ODD_NANS = (0x7FC00001, 0xFFC00000, 0x7F800001)
+#: The products' DATE in comparisons of the two writers (by default each writes its own time).
+DATE = "2026-01-02T03:04:05.678"
+HISTORY = ("outlier_dask test entry", "outlier_dask parameters: snr='5.0 4.0'")
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +158,18 @@ def _both(source: Path, mask, tmp_path: Path, name: str = "x_crf.fits") -> tuple
     old.parent.mkdir(parents=True, exist_ok=True)
     fallback_calls = flagged_fits._write_flagged_fits_astropy.calls
     before = len(fallback_calls)
-    assert write_flagged_fits(source, mask, new) == _write_flagged_fits_astropy(source, mask, old)
+    status = "SKIPPED" if mask is None else "COMPLETE"
+    record = product_record(name, status, HISTORY, DATE)
+    count = write_flagged_fits(source, mask, new, history=HISTORY, date=DATE)
+    assert count == _write_flagged_fits_astropy(source, mask, old, record)
     assert len(fallback_calls) == before
     return new, old
+
+
+def _embedded_tree(hdul: fits.HDUList) -> dict:
+    """The embedded ASDF tree as plain values (no objects built, blocks not read)."""
+    content = hdul["ASDF"].data["ASDF_METADATA"][0].tobytes()
+    return asdf.util.load_yaml(io.BytesIO(content), tagged=False)
 
 
 def _bits(array: np.ndarray) -> np.ndarray:
@@ -178,6 +194,12 @@ def _assert_same_fits(new: Path, old: Path) -> None:
                 assert x.data.dtype == y.data.dtype, x.name
                 assert np.array_equal(x.data, y.data, equal_nan=x.data.dtype.kind == "f"), x.name
                 assert np.array_equal(_bits(x.data), _bits(y.data)), x.name
+            elif x.name == "ASDF":
+                # Equal trees, each holding the hash of its own file's headers.
+                tree_x, tree_y = _embedded_tree(a), _embedded_tree(b)
+                assert tree_x.pop("_fits_hash") == fits_hash(a)
+                assert tree_y.pop("_fits_hash") == fits_hash(b)
+                assert tree_x == tree_y
             else:
                 assert x.data.tobytes() == y.data.tobytes(), x.name
 
@@ -234,18 +256,20 @@ def test_skipped_input_is_copied_with_its_status(cal_file, tmp_path):
     _assert_same_model(new, old, "SKIPPED")
     with fits.open(new) as a, fits.open(cal_file) as b:
         for x, y in zip(a[1:], b[1:], strict=True):
-            assert x.data.tobytes() == y.data.tobytes()
+            if x.name != "ASDF":  # the tree records the new name, date and status
+                assert x.data.tobytes() == y.data.tobytes()
+        assert _embedded_tree(a)["meta"]["cal_step"]["outlier_detection"] == "SKIPPED"
 
 
-@pytest.mark.parametrize(("spare", "growth"), [(0, 2880), (1, 0)])
+@pytest.mark.parametrize(("spare", "growth"), [(0, 2880), (2, 2880), (3, 0)])
 def test_primary_header_grows_by_a_block_only_when_full(cal_file, mask, tmp_path, spare, growth):
     source = _variant(cal_file, tmp_path / "in", lambda h: _cards_to_fill_primary(h, spare))
     with fits.open(source) as hdul:
         assert "S_OUTLIR" not in hdul[0].header  # so one card is added
         start = hdul.fileinfo(1)["hdrLoc"]
     new, old = _both(source, mask, tmp_path)
-    assert new.stat().st_size == source.stat().st_size + growth
     with fits.open(new) as hdul:
+        # S_OUTLIR and the two HISTORY cards: three cards more (DATE and FILENAME are there).
         assert hdul.fileinfo(1)["hdrLoc"] == start + growth
     _assert_same_fits(new, old)
 
@@ -260,6 +284,10 @@ def test_checksum_cards_are_kept_as_the_astropy_writer_keeps_them(cal_file, mask
     _assert_same_fits(new, old)
     with fits.open(new) as a, fits.open(old) as b:
         for x, y in zip(a, b, strict=True):
+            if x.name == "ASDF":  # made anew by both: no stale sums
+                assert "CHECKSUM" not in x.header
+                assert "CHECKSUM" not in y.header
+                continue
             assert x.header["CHECKSUM"] == y.header["CHECKSUM"], x.name
             assert x.header["DATASUM"] == y.header["DATASUM"], x.name
 
@@ -293,18 +321,20 @@ def test_unusual_layouts_use_the_astropy_writer(
     source = _variant(cal_file, tmp_path / "in", edit)
     old = tmp_path / "old" / "x_crf.fits"
     old.parent.mkdir()
+    record = product_record(old.name, "COMPLETE", (), DATE)
     try:
-        expected = _write_flagged_fits_astropy(source, mask, old)
+        expected = _write_flagged_fits_astropy(source, mask, old, record)
     except Exception as exc:  # whatever it raises, the new writer must raise too
         expected = exc
     new = tmp_path / "new" / "x_crf.fits"
     new.parent.mkdir()
     if isinstance(expected, Exception):
         with pytest.raises(type(expected)):
-            write_flagged_fits(source, mask, new)
+            write_flagged_fits(source, mask, new, date=DATE)
         assert not new.exists()
     else:
-        assert write_flagged_fits(source, mask, new) == expected == np.count_nonzero(mask)
+        count = write_flagged_fits(source, mask, new, date=DATE)
+        assert count == expected == np.count_nonzero(mask)
         _assert_same_fits(new, old)
     assert len(astropy_writer_calls) == 1
 

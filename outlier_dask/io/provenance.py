@@ -1,0 +1,247 @@
+"""What a ``_crf`` product records about how it was made, in its headers and its ASDF tree.
+
+A JWST FITS product carries its metadata twice: as primary-header keywords and in the embedded
+ASDF tree (the ``ASDF`` extension), with a hash of the headers stored in the tree
+(``_fits_hash``). stdatamodels trusts the tree when the hash matches the headers and falls back
+to the headers when it does not, but any other reader (``asdf``, archives, provenance checks)
+sees only the tree. This module is the one place that decides what a product says about itself,
+and it says it in both places:
+
+- ``meta.filename`` / ``FILENAME``: the product's own name;
+- ``meta.date`` / ``DATE``: when the product was written (UTC, ISO 8601, as stdatamodels writes
+  it);
+- ``meta.cal_step.outlier_detection`` / ``S_OUTLIR``: ``COMPLETE`` or ``SKIPPED``;
+- ``history.entries`` / ``HISTORY`` cards: the tool, its version and the parameters that made
+  the flags (:func:`provenance_history`), one entry per card, each short enough for one card
+  (stdatamodels turns every ``HISTORY`` card into one entry when it reads the file);
+- ``_fits_hash``: the hash of the product's headers, so stdatamodels reads the tree as it is.
+
+The tree is rewritten without building any of its objects: it is read as tagged YAML
+(:func:`asdf.util.load_yaml`), the few values above are set, and it is dumped again with asdf's
+YAML dumper. The binary blocks that follow the tree (arrays of the WCS) are copied unchanged;
+they are referred to by their order, not by their place, so the longer tree does not move them
+in any way a reader notices. The block index at the very end (optional in the ASDF standard)
+is dropped, because its offsets would no longer be right.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asdf.tagged
+import asdf.util
+import yaml
+from asdf.yamlutil import AsdfDumper
+from astropy.io import fits
+from astropy.time import Time
+
+from outlier_dask.parameters import OutlierParameters
+
+__all__ = [
+    "ProductRecord",
+    "product_record",
+    "provenance_history",
+    "record_in_header",
+    "record_in_tree",
+]
+
+#: The tool's name as the products record it.
+SOFTWARE_NAME = "outlier_dask"
+#: Longest text of one FITS HISTORY card (80 columns less the keyword's 8).
+HISTORY_CARD_CHARS = 72
+#: Parameters recorded in a product: those the flags depend on.
+RECORDED_PARAMETERS = (
+    "weight_type",
+    "pixfrac",
+    "kernel",
+    "fillval",
+    "maskpt",
+    "snr",
+    "scale",
+    "backg",
+    "resample_data",
+    "good_bits",
+    "pixmap_stepsize",
+    "pixmap_order",
+    "pixmap_tolerance",
+)
+
+_STATUS_KEYWORD = "S_OUTLIR"
+_ASDF_TAG = "tag:stsci.edu:asdf/"
+_HISTORY_ENTRY_TAG = _ASDF_TAG + "core/history_entry-1.0.0"
+_SOFTWARE_TAG = _ASDF_TAG + "core/software-1.0.0"
+_BLOCK_MAGIC = b"\xd3BLK"
+_BLOCK_INDEX = b"#ASDF BLOCK INDEX"
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """What one product says about itself (see the module docstring)."""
+
+    #: Base name of the product (``meta.filename``).
+    filename: str
+    #: UTC time the product was written, ISO 8601 (``meta.date``).
+    date: str
+    #: ``COMPLETE`` or ``SKIPPED`` (``meta.cal_step.outlier_detection``).
+    status: str
+    #: History entries added by this run, each at most :data:`HISTORY_CARD_CHARS` long.
+    history: tuple[str, ...]
+
+
+def provenance_history(params: OutlierParameters) -> tuple[str, ...]:
+    """History entries naming the tool, its version and the parameters of the flags.
+
+    Parameters
+    ----------
+    params : OutlierParameters
+        The run's parameters; those of :data:`RECORDED_PARAMETERS` are recorded.
+
+    Returns
+    -------
+    tuple of str
+        ``"outlier_dask 0.1.0: outlier_detection (imaging)"``, then ``name=value`` pairs
+        (values as the reference step's parameter files spell them), packed into entries of at
+        most :data:`HISTORY_CARD_CHARS` characters.
+    """
+    lines = [f"{SOFTWARE_NAME} {_version()}: outlier_detection (imaging)"]
+    prefix = f"{SOFTWARE_NAME} parameters:"
+    line = prefix
+    for name in RECORDED_PARAMETERS:
+        pair = f"{name}={_history_value(getattr(params, name))}"
+        if len(line) + 1 + len(pair) > HISTORY_CARD_CHARS:
+            lines.append(line)
+            line = prefix
+        line = f"{line} {pair}"
+    lines.append(line)
+    return tuple(lines)
+
+
+def _history_value(value: Any) -> str:
+    """A parameter value in a history entry: strings with spaces quoted, others as written."""
+    text = str(value)
+    return f"'{text}'" if " " in text else text
+
+
+def product_record(
+    filename: str, status: str, history: Iterable[str], date: str | None = None
+) -> ProductRecord:
+    """The record of a product; ``date`` (UTC, ISO 8601) defaults to now, as stdatamodels'."""
+    return ProductRecord(filename, date or Time.now().isot, status, tuple(history))
+
+
+def record_in_header(header: fits.Header, record: ProductRecord) -> None:
+    """Set the record's keywords in a primary header, in place.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        The product's primary header (a copy of the input's).
+    record : ProductRecord
+        What to write: ``FILENAME``, ``DATE``, ``S_OUTLIR`` and one ``HISTORY`` card per entry.
+    """
+    header["DATE"] = record.date
+    header["FILENAME"] = record.filename
+    header[_STATUS_KEYWORD] = record.status
+    for entry in record.history:
+        header.add_history(entry)
+
+
+def record_in_tree(asdf_bytes: bytes, record: ProductRecord, fits_hash: str) -> bytes:
+    """The embedded ASDF file ``asdf_bytes`` with the record written into its tree.
+
+    Parameters
+    ----------
+    asdf_bytes : bytes
+        The content of the input's ``ASDF`` extension: a whole ASDF file (header, YAML tree,
+        binary blocks, optional block index).
+    record : ProductRecord
+        Values to set: ``meta.filename``, ``meta.date``, ``meta.cal_step.outlier_detection``,
+        and history entries appended to ``history.entries``.
+    fits_hash : str
+        The product's header hash as stdatamodels computes it (``_fits_hash``).
+
+    Returns
+    -------
+    bytes
+        The new ASDF file: the same header lines, the updated tree, the same blocks.
+
+    Raises
+    ------
+    ValueError
+        The bytes are not an ASDF file with a YAML mapping as its tree.
+    """
+    tree_end = _tree_end(asdf_bytes)
+    tree = asdf.util.load_yaml(io.BytesIO(asdf_bytes[:tree_end]), tagged=True)
+    if not isinstance(tree, Mapping) or not isinstance(tree.get("meta", {}), Mapping):
+        raise ValueError("the embedded ASDF tree is not a mapping with a 'meta' mapping")
+    meta = tree.setdefault("meta", {})
+    meta["filename"] = record.filename
+    meta["date"] = record.date
+    cal_step = meta.setdefault("cal_step", {})
+    cal_step["outlier_detection"] = record.status
+    _append_history(tree, record.history, Time(record.date).datetime)
+    tree["_fits_hash"] = fits_hash
+    header_end = asdf_bytes.index(b"%YAML")
+    dumped = yaml.dump_all(
+        [tree],
+        Dumper=AsdfDumper,
+        explicit_start=True,
+        explicit_end=True,
+        version=(1, 1),
+        allow_unicode=True,
+        encoding="utf-8",
+        tags={"!": _ASDF_TAG},
+    )
+    blocks = asdf_bytes[tree_end:]
+    index_at = blocks.rfind(_BLOCK_INDEX)
+    if index_at >= 0:
+        blocks = blocks[:index_at]
+    return asdf_bytes[:header_end] + dumped + blocks
+
+
+def _tree_end(asdf_bytes: bytes) -> int:
+    """Offset of the first binary block (or of the end) of an ASDF file: where its tree ends."""
+    if not asdf_bytes.startswith(b"#ASDF ") or b"%YAML" not in asdf_bytes[:256]:
+        raise ValueError("the embedded ASDF extension does not hold an ASDF file")
+    # The tree is UTF-8 text, in which the block magic's first byte cannot occur.
+    first_block = asdf_bytes.find(_BLOCK_MAGIC)
+    if first_block >= 0:
+        return first_block
+    index_at = asdf_bytes.rfind(_BLOCK_INDEX)
+    return index_at if index_at >= 0 else len(asdf_bytes)
+
+
+def _append_history(tree: dict[str, Any], entries: tuple[str, ...], when: dt.datetime) -> None:
+    """Append ``entries`` to the tree's ``history.entries``, as asdf's history entries.
+
+    ``when`` (UTC, naive) is the entries' time: the product's date.
+    """
+    if not entries:
+        return
+    history = tree.get("history")
+    if not isinstance(history, Mapping):
+        # Old files keep a bare list of entries; asdf reads either form.
+        history = {"entries": list(history or [])}
+        tree["history"] = history
+    listed = history.setdefault("entries", [])
+    for entry in entries:
+        # A new software mapping per entry: a shared one would be dumped as a YAML alias.
+        software = asdf.tagged.TaggedDict(
+            {"name": SOFTWARE_NAME, "version": _version()}, _SOFTWARE_TAG
+        )
+        listed.append(
+            asdf.tagged.TaggedDict(
+                {"description": entry, "time": when, "software": software}, _HISTORY_ENTRY_TAG
+            )
+        )
+
+
+def _version() -> str:
+    """This package's version (imported late: the package imports this module)."""
+    from outlier_dask import __version__
+
+    return __version__
