@@ -274,7 +274,8 @@ class OutlierParameters:
     detection: str = _parameter(
         "reference",
         "outlier rule: reference (jwst 3.0.0's, identical flags) or robust (opt-in: for few "
-        "overlapping exposures and undersampled stars; sets the unset pieces below)",
+        "overlapping exposures and undersampled stars); sets nhigh_groups and source_fraction "
+        "where they are not given",
         choices=DETECTIONS,
     )
     nhigh_groups: int | None = _parameter(

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from outlier_dask.io.outputs import atomic_path
-from outlier_dask.parameters import OutlierParameters
+from outlier_dask.parameters import DETECTION_PIECES, OutlierParameters
 
 __all__ = ["REPORT_VERSION", "build_report", "report_path", "versions", "write_report"]
 
@@ -107,8 +107,9 @@ def build_report(
     -------
     dict
         Keys ``report_version``, ``product``, ``status``, ``created`` (UTC, ISO 8601),
-        ``parameters``, ``versions``, ``timings`` (seconds), ``scheduler``, ``grid``,
-        ``inputs`` and ``totals``.
+        ``parameters``, ``detection`` (the outlier rule and the value of each of its pieces),
+        ``versions``, ``timings`` (seconds), ``scheduler``, ``grid``, ``inputs`` and
+        ``totals``.
     """
     flagged = sum(i["flagged"] for i in inputs)
     valid = sum(i["valid_pixels"] or 0 for i in inputs)
@@ -118,6 +119,10 @@ def build_report(
         "status": status,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "parameters": parameter_values(params),
+        "detection": {
+            "rule": params.detection,
+            **{name: params.detection_piece(name) for name in DETECTION_PIECES[params.detection]},
+        },
         "versions": versions(),
         "timings": {k: round(float(v), 4) for k, v in timings.items()},
         "scheduler": None,

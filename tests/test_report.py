@@ -57,6 +57,7 @@ def test_report_is_written_beside_the_products_and_equals_the_result(run):
     assert report["parameters"] == {
         f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.init
     }
+    assert report["detection"] == {"rule": "reference", "nhigh_groups": 0, "source_fraction": 0.0}
     for package in ("outlier_dask", "stcal", "drizzle", "dask", "numpy", "gwcs", "python"):
         assert report["versions"][package], package
     assert set(report["timings"]) == {"plan", "drizzle", "median", "blot_flag", "write", "total"}

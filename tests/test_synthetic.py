@@ -565,3 +565,44 @@ def test_load_truth_names_the_missing_file(tmp_path):
     written = write_association(tmp_path, n_exposures=2, n_detectors=1, detector_shape=(64, 64))
     with pytest.raises(FileNotFoundError, match=r"_nrca1_truth\.npz.*truth_files=True"):
         load_truth(written.asn_path)
+
+
+def test_undersampled_stars_keep_their_flux_at_every_pixel_phase(tmp_path):
+    """At FWHM 1.2 px (NIRCam SW-like) a star's light stays on a few pixels, its peak pixel
+    changes with the sub-pixel position between dithers, and its summed light hardly does:
+    the profile is sampled at pixel centres (not integrated over pixels), which at this width
+    moves the sum by ~2 % with the sub-pixel phase, and the distortion changes the pixels'
+    area on the sky (the sum is of surface brightness) by about as much across a detector."""
+    written = write_association(
+        tmp_path,
+        n_exposures=3,
+        n_detectors=1,
+        detector_shape=(96, 96),
+        seed=9,
+        psf_fwhm_px=1.2,
+        n_stars=6,
+        n_galaxies=0,
+        cr_fraction=0.0,
+        truth_files=True,
+    )
+    sources = [frame.source for frame in load_truth(written.asn_path).values()]
+    labels, n = ndimage.label(sources[0] > 1e-3)
+    centres = ndimage.maximum_position(sources[0], labels, range(1, n + 1))
+    peak_fractions = []
+    for y, x in centres:
+        if not (16 <= y < 80 and 16 <= x < 80):
+            continue
+        # the same star in the other exposures: brightest pixel within the dither offsets
+        sums, peaks = [], []
+        for source in sources:
+            near = source[y - 9 : y + 10, x - 9 : x + 10]
+            py, px = np.unravel_index(np.argmax(near), near.shape)
+            stamp = near[max(py - 3, 0) : py + 4, max(px - 3, 0) : px + 4]
+            sums.append(stamp.sum())
+            peaks.append(stamp.max() / stamp.sum())
+        np.testing.assert_allclose(sums, sums[0], rtol=0.05)
+        peak_fractions.extend(peaks)
+    assert peak_fractions
+    # most of the light in the brightest pixel: undersampled
+    assert min(peak_fractions) > 0.25
+    assert max(peak_fractions) - min(peak_fractions) > 0.05

@@ -90,8 +90,10 @@ def test_robust_changes_the_median_and_the_flags(models, reference, robust_refer
     assert any(not np.array_equal(r, d) for r, d in zip(robust.masks, default.masks, strict=True))
 
 
-@pytest.mark.parametrize("kind", [SHARED, LOCAL_STORE, STORE, WORKERS])
-@pytest.mark.parametrize(("tile_size", "block_size"), [(16, 16), (37, 23), (1000, 3)])
+@pytest.mark.parametrize(
+    ("kind", "tile_size", "block_size"),
+    [(SHARED, 16, 16), (LOCAL_STORE, 37, 23), (STORE, 1000, 3), (WORKERS, 37, 23)],
+)
 def test_robust_masks_do_not_depend_on_tiles_blocks_or_kind(
     models, robust_reference, tile_size, block_size, kind, tmp_path
 ):
