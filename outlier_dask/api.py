@@ -22,7 +22,12 @@ from outlier_dask.engine.plan import Plan
 from outlier_dask.engine.run import EngineResult, run_plan
 from outlier_dask.engine.scratch import local_work_dir, scratch_store
 from outlier_dask.engine.stores import scratch_directory, scratch_parent
-from outlier_dask.io.association import AssociationError, AssociationMember, read_association
+from outlier_dask.io.association import (
+    AssociationError,
+    AssociationMember,
+    product_name_for_files,
+    read_association,
+)
 from outlier_dask.io.flagged_fits import write_flagged_fits
 from outlier_dask.io.members import Member, members_from_files, members_from_models, stem_of
 from outlier_dask.io.outputs import (
@@ -142,9 +147,7 @@ def _resolve_inputs(inputs: Any) -> tuple[str, list[Member], bool]:
             if not p.is_file():
                 raise AssociationError(f"{p}: input file not found")
         entries = [AssociationMember(p.resolve()) for p in paths]
-        product = os.path.commonprefix([stem_of(p.name) for p in paths]).rstrip("_") or (
-            "outlier_dask"
-        )
+        product = product_name_for_files([stem_of(p.name) for p in paths])
     return product, members_from_files(entries), True
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "AssociationError",
     "AssociationMember",
     "group_id_from_observation",
+    "product_name_for_files",
     "read_association",
 ]
 
@@ -23,6 +24,29 @@ OBSERVATION_KEYS = (
     "activity_id",
     "exposure_number",
 )
+
+
+def product_name_for_files(stems: list[str]) -> str:
+    """The product name of a list of inputs given without an association.
+
+    The underscore-separated fields the inputs' stems share from the start
+    (``jw01234001001_01101_00001_nrca1`` and ``jw01234001001_01101_00002_nrca1`` give
+    ``jw01234001001_01101``, never a name cut inside a field such as ``..._0000``); with no
+    shared field, the first input's stem, as jwst names the products of a list after its first
+    member.
+
+    Parameters
+    ----------
+    stems : list of str
+        The inputs' names without extension and suffix, in input order (at least one).
+    """
+    fields = [stem.split("_") for stem in stems]
+    shared: list[str] = []
+    for column in zip(*fields, strict=False):
+        if any(field != column[0] for field in column):
+            break
+        shared.append(column[0])
+    return "_".join(shared) or stems[0]
 
 
 class AssociationError(ValueError):
