@@ -10,6 +10,7 @@ from typing import Any
 __all__ = [
     "AssociationError",
     "AssociationMember",
+    "association_id",
     "group_id_from_observation",
     "product_name_for_files",
     "read_association",
@@ -109,6 +110,17 @@ def read_association(asn_path: str | Path) -> tuple[str, list[AssociationMember]
         )
     members = _science_members(path, product.get("members"))
     return name, members
+
+
+def association_id(asn_path: str | Path) -> str | None:
+    """The association's ``asn_id`` (``o001``, ``c1000``), which jwst puts in the names of
+    intermediate files; None if it has none or it is not a plain name.
+
+    Call after :func:`read_association` accepted the file.
+    """
+    asn = json.loads(Path(asn_path).read_text())
+    value = asn.get("asn_id")
+    return value if isinstance(value, str) and _is_plain_name(value) else None
 
 
 def _is_plain_name(name: str) -> bool:
