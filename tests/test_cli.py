@@ -124,6 +124,24 @@ def test_report_of_a_list_of_files_is_named_by_whole_fields(association, tmp_pat
     ]
 
 
+def test_profile_rows_add_up_and_task_seconds_are_shown_apart():
+    from outlier_dask.cli import profile_table
+
+    timings = {"plan": 0.5, "drizzle": 2.0, "median": 1.0, "blot_flag": 3.0, "write": 2.5}
+    lines = profile_table({**timings, "total": 7.0}).splitlines()
+    assert lines == [
+        "stage          seconds   share",
+        "plan              0.50      7%",
+        "drizzle           2.00     29%",
+        "median            1.00     14%",
+        "blot+flag         3.00     43%",
+        "other             0.50      7%",
+        "total             7.00    100%",
+        "(other: scheduler start and stop, scratch folder, report)",
+        "write (task-seconds within blot+flag, summed over workers): 2.50",
+    ]
+
+
 def test_help_lists_every_parameter_with_its_default(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--help"])
@@ -303,12 +321,16 @@ def test_profile_report_and_plot(association, tmp_path, capsys):
     assert (tmp_path / "synth_outlier_report.png").is_file()
     assert f"wrote {tmp_path / 'synth_outlier_report.json'}" in out
     table = out[out.index("stage") :].splitlines()
-    names = [line.split()[0] for line in table[1:-1]]
+    end = next(k for k, line in enumerate(table) if line.startswith("total"))
+    names = [line.split()[0] for line in table[1 : end + 1]]
     assert names[:4] == ["plan", "drizzle", "median", "blot+flag"]
     assert names[-1] == "total"
-    seconds = {line.split()[0]: float(line.split()[1]) for line in table[1:-1]}
+    seconds = {line.split()[0]: float(line.split()[1]) for line in table[1 : end + 1]}
     assert all(v >= 0 for v in seconds.values())
-    assert seconds["total"] >= max(v for k, v in seconds.items() if k != "total")
+    # The wall-time rows add up to the total (to the rounding of the printed values).
+    rows = sum(v for k, v in seconds.items() if k != "total")
+    assert rows == pytest.approx(seconds["total"], abs=0.005 * len(seconds))
+    assert "write (task-seconds within blot+flag, summed over workers):" in table[-1]
 
 
 def test_info_shows_the_plan_without_running(association, tmp_path, capsys):
