@@ -22,7 +22,13 @@ from outlier_dask.engine.plan import Plan
 from outlier_dask.engine.run import EngineResult, run_plan
 from outlier_dask.engine.scratch import local_work_dir, scratch_store
 from outlier_dask.engine.stores import scratch_directory, scratch_parent
-from outlier_dask.io.association import AssociationError, AssociationMember, read_association
+from outlier_dask.io.association import (
+    AssociationError,
+    AssociationMember,
+    association_id,
+    product_name_for_files,
+    read_association,
+)
 from outlier_dask.io.flagged_fits import write_flagged_fits
 from outlier_dask.io.members import Member, members_from_files, members_from_models, stem_of
 from outlier_dask.io.outputs import (
@@ -146,15 +152,22 @@ def _resolve_inputs(
             if not p.is_file():
                 raise AssociationError(f"{p}: input file not found")
         entries = [AssociationMember(p.resolve()) for p in paths]
-        product = os.path.commonprefix([stem_of(p.name) for p in paths]).rstrip("_") or (
-            "outlier_dask"
-        )
+        product = product_name_for_files([stem_of(p.name) for p in paths])
     with reading_map(params or OutlierParameters(), len(entries)) as mapper:
         return product, members_from_files(entries, mapper), True
 
 
+def _is_association_path(inputs: Any) -> bool:
+    """Whether ``inputs`` is one association file (a path, or a list of one path)."""
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    if not isinstance(inputs, list | tuple) or len(inputs) != 1:
+        return False
+    return isinstance(inputs[0], str | os.PathLike) and str(inputs[0]).lower().endswith(".json")
+
+
 def _planned_products(
-    members: list[Member], product: str, params: OutlierParameters, from_files: bool
+    members: list[Member], asn_id: str | None, params: OutlierParameters, from_files: bool
 ) -> tuple[list[Path], list[Path]]:
     """The ``_crf`` products (file inputs only) and the intermediate products of a run."""
     out_dir = Path(params.output_dir)
@@ -162,12 +175,12 @@ def _planned_products(
         [output_path_for(m.name, out_dir, params.suffix) for m in members] if from_files else []
     )
     keep = params.save_intermediate_results and len(members) >= 2
-    extra = intermediate_paths(members, product, out_dir, params.resample_data) if keep else []
+    extra = intermediate_paths(members, out_dir, params.resample_data, asn_id) if keep else []
     return flagged, extra
 
 
 def _check_outputs(
-    members: list[Member], params: OutlierParameters, product: str, from_files: bool
+    members: list[Member], params: OutlierParameters, asn_id: str | None, from_files: bool
 ) -> list[Path]:
     """Check every product's path before any work; return the ``_crf`` paths in input order.
 
@@ -177,7 +190,7 @@ def _check_outputs(
         If the output folder cannot be written, or a product would leave it, replace an
         input, collide with another, or replace an existing file without ``overwrite``.
     """
-    flagged, extra = _planned_products(members, product, params, from_files)
+    flagged, extra = _planned_products(members, asn_id, params, from_files)
     if not flagged and not extra:
         return []
     out_dir = Path(params.output_dir)
@@ -214,7 +227,7 @@ def _guarded_run(function: Callable[..., OutlierResult]) -> Callable[..., Outlie
 
 def _check_before_work(
     members: list[Member],
-    product: str,
+    asn_id: str | None,
     from_files: bool,
     params: OutlierParameters,
     client: Any,
@@ -227,7 +240,7 @@ def _check_before_work(
         check_scheduler_reachable(params.scheduler, ssl_context)
     if len(members) >= 2:
         check_inputs(members, params)
-    flagged, extra = _planned_products(members, product, params, from_files)
+    flagged, extra = _planned_products(members, asn_id, params, from_files)
     cleanup = _run_cleanup.get()
     cleanup.enter_context(removed_on_failure([*flagged, *extra]))
     work_dir = scratch_parent(local_work_dir(params.work_dir))
@@ -267,6 +280,7 @@ def detect_outliers(
     progress: bool | str = "auto",
     report: bool | None = None,
     plot: bool = False,
+    asn_id: str | None = None,
     **values: Any,
 ) -> OutlierResult:
     """Flag outliers in a Stage 3 imaging association, like the JWST pipeline's step.
@@ -292,6 +306,10 @@ def detect_outliers(
     plot : bool
         Also write ``<product>_outlier_report.png`` in ``output_dir`` (needs matplotlib): the
         median with all inputs' outliers on it and the flagged fraction per input.
+    asn_id : str, optional
+        Association id put in the names of the intermediate files
+        (``<first input>_<asn_id>_median.fits``), as jwst names them; by default the
+        association file's ``asn_id``, none for a list of files or models.
     **values
         Any field of :class:`OutlierParameters` by name (strings are accepted, e.g.
         ``snr="5.0 4.0"``, ``in_memory="False"``).
@@ -312,8 +330,10 @@ def detect_outliers(
         merged.update({k.replace("-", "_"): v for k, v in values.items()})
         params = OutlierParameters.from_mapping(merged)
     product, members, from_files = _resolve_inputs(inputs, params)
-    outputs = _check_outputs(members, params, product, from_files)
-    _check_before_work(members, product, from_files, params, client, security)
+    if asn_id is None and _is_association_path(inputs):
+        asn_id = association_id(inputs if isinstance(inputs, str | os.PathLike) else inputs[0])
+    outputs = _check_outputs(members, params, asn_id, from_files)
+    _check_before_work(members, asn_id, from_files, params, client, security)
     extras = _check_extras(product, params, from_files if report is None else report, plot)
     display = make_progress(progress)
     if len(members) < 2:
@@ -356,7 +376,7 @@ def detect_outliers(
                 keep_masks=extras.plot is not None,
             )
             timings.update(result.timings)
-            written = _write_products(plan, result, outputs, from_files, params)
+            written = _write_products(plan, result, outputs, from_files, params, asn_id)
     flagged = {m.name: n for m, n in zip(members, result_counts(result), strict=True)}
     for name, count in flagged.items():
         log.info("%s: %d pixels marked as outliers", name, count)
@@ -486,13 +506,14 @@ def _write_products(
     outputs: list[Path],
     from_files: bool,
     params: OutlierParameters,
+    asn_id: str | None,
 ) -> list[Any]:
     """Intermediate files, and the flagged models of in-memory inputs.
 
     File inputs' products were written by the engine's per-input tasks (``writers``).
     """
     if params.save_intermediate_results:
-        _write_intermediates(plan, result, params)
+        _write_intermediates(plan, result, params, asn_id)
     if from_files:
         return outputs
     flagged_models = []
@@ -503,25 +524,27 @@ def _write_products(
     return flagged_models
 
 
-def _write_intermediates(plan: Plan, result: EngineResult, params: OutlierParameters) -> None:
+def _write_intermediates(
+    plan: Plan, result: EngineResult, params: OutlierParameters, asn_id: str | None
+) -> None:
+    """The ``save_intermediate_results`` files, named by :func:`intermediate_paths`' rule."""
     out_dir = Path(params.output_dir)
     if params.resample_data and result.mosaics is not None:
         for group, mosaic in zip(plan.groups, result.mosaics, strict=True):
             first = plan.members[group.members[0]]
             data, weight = _full_grid(plan, mosaic)
             write_image(
-                mosaic_path_for(first.name, out_dir),
+                mosaic_path_for(first.name, out_dir, asn_id),
                 data,
                 plan.grid_wcs,
                 weight=weight,
             )
     if result.median is not None:
         wcs = plan.grid_wcs if plan.grid_wcs is not None else plan.members[0].wcs
-        write_image(median_path_for(plan.product_name, out_dir), result.median, wcs)
+        write_image(median_path_for(plan.members[0].name, out_dir, asn_id), result.median, wcs)
     if params.resample_data and result.blots is not None:
         for member, blot in zip(plan.members, result.blots, strict=True):
-            if member.path is not None:
-                write_blot(blot_path_for(member.name, out_dir), blot, member)
+            write_blot(blot_path_for(member.name, out_dir, asn_id), blot, member)
 
 
 def _full_grid(plan: Plan, mosaic) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,11 @@
 """The ``outlier-dask`` command: ``run`` an association, show its plan (``info``), or ``demo``.
 
 Every parameter of :class:`~outlier_dask.parameters.OutlierParameters` is an option in dash
-form taking ``--name value`` or ``--name=value``; booleans also take the ``strun`` spelling
-``--in-memory=False`` (and ``--in-memory`` alone means True). ``--config FILE`` reads a YAML or
-``stpipe`` ASDF parameter file first; options given on the command line win.
+form and in ``strun``'s underscore form (``--in-memory`` and ``--in_memory``), taking
+``--name value`` or ``--name=value``; booleans also take ``--in_memory=False`` (and the option
+alone means True). An unknown option is refused with the nearest known one as a suggestion.
+``--config FILE`` reads a YAML or ``stpipe`` ASDF parameter file first; options given on the
+command line win.
 
 Exit statuses: 0 success (or the step skipped, as the pipeline does with one input), 1 failure,
 2 usage error (bad option or parameter value), 130 interrupted by Ctrl-C (SIGINT) and 143
@@ -18,6 +20,7 @@ module imports no numpy itself, so that the set-up comes first.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import signal
 import sys
@@ -58,7 +61,7 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "parameters",
         "the reference step's parameters (same names, defaults and string forms), then this "
-        "project's execution parameters",
+        "project's execution parameters; each also in strun's spelling (--in_memory=False)",
     )
     for f in _parameter_fields():
         if not f.init:
@@ -67,18 +70,17 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
         help_text = f"{PARAMETER_HELP[f.name]} (default: {parameter_default_text(f.name)})"
         # ``%`` would be read as a format by argparse.
         help_text = help_text.replace("%", "%%")
-        if f.type == "bool":
+        kind = (
+            {"nargs": "?", "const": "True", "metavar": "True|False"}
+            if f.type == "bool"
+            else {"metavar": "VALUE"}
+        )
+        group.add_argument(option, dest=f.name, default=None, help=help_text, **kind)
+        if "_" in f.name:
+            # strun's spelling, the same option; left out of the help, which says so once.
             group.add_argument(
-                option,
-                dest=f.name,
-                nargs="?",
-                const="True",
-                default=None,
-                metavar="True|False",
-                help=help_text,
+                "--" + f.name, dest=f.name, default=None, help=argparse.SUPPRESS, **kind
             )
-        else:
-            group.add_argument(option, dest=f.name, default=None, metavar="VALUE", help=help_text)
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -213,10 +215,24 @@ def _setup_logging(args: argparse.Namespace) -> None:
             handler.addFilter(_quiet_libraries)
 
 
+#: Timings that are task-seconds summed over the workers, inside a wall-time stage: shown
+#: apart, since adding them to the stages would count the same seconds twice.
+_TASK_SECONDS = {"write": "blot+flag"}
+
+
 def profile_table(timings: dict[str, float]) -> str:
-    """The per-stage wall times of a run as an aligned text table (``--profile``)."""
+    """The per-stage wall times of a run as an aligned text table (``--profile``).
+
+    The wall-time rows (``plan``, the stages, ``other`` for the rest of the call) add up to
+    ``total``; task-seconds spent inside a stage (``write``, summed over the workers that
+    wrote products during blot+flag) follow below, labelled, outside the sum.
+    """
     total = timings.get("total", sum(timings.values()))
-    rows = [(_STAGE_NAMES.get(k, k), v) for k, v in timings.items() if k != "total"]
+    rows = [
+        (_STAGE_NAMES.get(k, k), v)
+        for k, v in timings.items()
+        if k != "total" and k not in _TASK_SECONDS
+    ]
     other = total - sum(v for _, v in rows)
     if other > 0.0005:
         rows.append(("other", other))
@@ -226,8 +242,11 @@ def profile_table(timings: dict[str, float]) -> str:
         lines.append(f"{name:<12}{seconds:>10.2f}{share:>8}")
     if other > 0.0005:
         lines.append("(other: scheduler start and stop, scratch folder, report)")
-    elif other < -0.0005:
-        lines.append("(stages overlap: some are summed over tasks that ran in parallel)")
+    for key, stage in _TASK_SECONDS.items():
+        if key in timings:
+            lines.append(
+                f"{key} (task-seconds within {stage}, summed over workers): {timings[key]:.2f}"
+            )
     return "\n".join(lines)
 
 
@@ -377,10 +396,52 @@ def command(argv: Sequence[str] | None = None) -> int:
         return main(argv)
 
 
+#: Options of the commands besides the parameters (for the suggestion on a mistyped option).
+_OTHER_OPTIONS = (
+    "--config",
+    "--profile",
+    "--plot",
+    "--size",
+    "--seed",
+    "--verbose",
+    "--quiet",
+    "--debug",
+    "--help",
+)
+
+
+def known_options() -> list[str]:
+    """Every long option of the commands, parameters in both spellings."""
+    names = [f.name for f in _parameter_fields() if f.init]
+    dashed = ["--" + name.replace("_", "-") for name in names]
+    return [*dashed, *("--" + name for name in names if "_" in name), *_OTHER_OPTIONS]
+
+
+def unknown_options_message(unknown: Sequence[str]) -> str:
+    """The usage error for arguments no command takes, with the nearest option to the first.
+
+    Parameters
+    ----------
+    unknown : sequence of str
+        The arguments argparse could not place, e.g. ``["--snrr", "5 4"]``.
+    """
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    for argument in unknown:
+        if argument.startswith("--"):
+            name = argument.split("=", 1)[0]
+            close = difflib.get_close_matches(name, known_options(), n=1, cutoff=0.6)
+            if close:
+                return f"{message} (did you mean {close[0]}?)"
+            break
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``outlier-dask`` command in the calling process; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(unknown_options_message(unknown))
     _setup_logging(args)
     commands = {"run": _run, "info": _info, "demo": _demo}
     try:

@@ -5,8 +5,11 @@ each stage (``Runner.progress``). Two displays:
 
 - ``"bar"``: one line per stage redrawn in place on a terminal, ``drizzle [#####     ] 50%
   2/4 tasks 3.1 s``, left as ``drizzle ... done in 6.2 s`` when the stage ends;
-- ``"log"``: two log records per stage (logger ``outlier_dask.progress``, level INFO), one at its
-  start and one at its end with the elapsed time, so log files get no bar redraws.
+- ``"log"``: log records (logger ``outlier_dask.progress``, level INFO): one at a stage's start,
+  one every :data:`LOG_INTERVAL_S` seconds while it runs (tasks done so far, elapsed time, so
+  that a long stage in a batch job's log does not look dead), and one at its end with the
+  elapsed time; log files get no bar redraws. While a display is installed, the engine's own
+  summary of each stage goes to DEBUG, so each stage ends with one line.
 
 Task counts come from a ``dask.diagnostics`` callback with the local schedulers (``processes``,
 ``threads``, ``synchronous``). On a ``distributed`` cluster callbacks do not run; the display
@@ -36,6 +39,8 @@ BAR_WIDTH = 30
 REFRESH_S = 0.2
 #: Seconds before the first poll: soon, so that short stages are counted too.
 FIRST_POLL_S = 0.05
+#: Seconds between the log records of a stage still running (log mode).
+LOG_INTERVAL_S = 10.0
 
 
 def make_progress(mode: bool | str = "auto", stream: IO[str] | None = None) -> StageProgress | None:
@@ -134,14 +139,13 @@ class StageProgress:
         if self.mode == "log":
             log.info("%s: started", stage)
         stop = threading.Event()
-        drawer = None
-        # A bar is redrawn while the stage runs; a scheduler is also polled in log mode, since
-        # the keys are released, and their count lost, as soon as the results are gathered.
-        if self.mode == "bar" or client is not None:
-            drawer = threading.Thread(
-                target=self._watch, args=(stage, counts, started, stop), daemon=True
-            )
-            drawer.start()
+        # A bar is redrawn while the stage runs; in log mode a record is written every
+        # LOG_INTERVAL_S, and a scheduler is polled all along, since the keys are released,
+        # and their count lost, as soon as the results are gathered.
+        drawer = threading.Thread(
+            target=self._watch, args=(stage, counts, started, stop), daemon=True
+        )
+        drawer.start()
         outcome = "failed"
         try:
             with callback:
@@ -149,8 +153,7 @@ class StageProgress:
             outcome = "done"
         finally:
             stop.set()
-            if drawer is not None:
-                drawer.join()
+            drawer.join()
             elapsed = time.perf_counter() - started
             final = _safe(counts)
             if outcome == "done" and final:
@@ -195,10 +198,16 @@ class StageProgress:
 
     def _watch(self, stage: str, counts: Callable, started: float, stop: threading.Event) -> None:
         wait = FIRST_POLL_S
+        next_record = started + LOG_INTERVAL_S
         while not stop.wait(wait):
             current = _safe(counts)
+            now = time.perf_counter()
             if self.mode == "bar":
-                self._draw(stage, current, time.perf_counter() - started, "")
+                self._draw(stage, current, now - started, "")
+            elif now >= next_record:
+                next_record += LOG_INTERVAL_S
+                tasks = f"{current[0]}/{current[1]} tasks done, " if current and current[1] else ""
+                log.info("%s: %srunning for %.0f s", stage, tasks, now - started)
             wait = REFRESH_S
 
     def _draw(

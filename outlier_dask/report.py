@@ -89,7 +89,8 @@ def build_report(
     Parameters
     ----------
     product : str
-        Product name (association product, or the inputs' common prefix).
+        Product name (the association's, or that of a list of files:
+        :func:`~outlier_dask.io.association.product_name_for_files`).
     status : {"COMPLETE", "SKIPPED"}
         Outcome.
     params : OutlierParameters

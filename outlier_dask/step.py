@@ -2,13 +2,21 @@
 
 A drop-in for the reference step in imaging mode::
 
+    strun outlier_detection_dask my_asn.json --snr="5.0 4.0"
     strun outlier_dask.OutlierDetectionDaskStep my_asn.json --snr="5.0 4.0"
 
 or, in Python, ``OutlierDetectionDaskStep.call(library)``. It takes what the reference takes
 (an association, a ``ModelLibrary``, a ``ModelContainer``), has the reference's parameters
 with their defaults plus this project's execution parameters, and returns a ``ModelLibrary``
-of the flagged models, which ``stpipe`` saves as ``<stem>_<suffix>.fits`` when
-``save_results`` is set (``suffix`` defaults to ``crf``, as ``calwebb_image3`` names them).
+of the flagged models. Where a user sees it, it behaves as the reference does:
+
+- saved products are named by stpipe's rules, as the reference's are: called alone,
+  ``<stem>_<asn_id>_outlierdetectionstep.fits`` (the reference's default suffix); inside
+  ``calwebb_image3`` (:class:`~outlier_dask.pipeline.Image3DaskPipeline`), ``..._crf.fits``;
+- fewer than two inputs: the step is skipped (status ``SKIPPED``, a warning), not an error;
+- the log (stpipe's, and the file's ``cal_logs``) has the per-input outlier counts and the
+  stages' progress lines (``progress``);
+- ``save_intermediate_results`` writes the reference's files under the reference's names.
 
 The models are flagged in memory through :func:`outlier_dask.detect_outliers`; to keep the
 pixels out of core, run ``outlier-dask run`` on the association instead. Importing this module
@@ -28,8 +36,14 @@ from outlier_dask.parameters import PARAMETER_CHOICES, PARAMETER_HELP, OutlierPa
 __all__ = ["OutlierDetectionDaskStep"]
 
 #: Parameters of :class:`OutlierParameters` that are also ``stpipe``'s own: the step keeps
-#: stpipe's definition (``output_dir`` None, or empty, stands for the default ``"."``).
-_STPIPE_OWNED = ("output_dir",)
+#: stpipe's definition (``output_dir`` None, or empty, stands for the default ``"."``;
+#: ``suffix`` None for stpipe's naming, :meth:`OutlierDetectionDaskStep.default_suffix`).
+_STPIPE_OWNED = ("output_dir", "suffix")
+#: The reference step's suffix when called alone (its name, lower case), kept by this step so
+#: that its products have the reference's names.
+REFERENCE_SUFFIX = "outlierdetectionstep"
+#: Loggers stpipe shows and records: jwst's, and this package's (counts, stages).
+_PACKAGE_LOGGER = "outlier_dask"
 
 #: The spec's entries that are not parameters of :class:`OutlierParameters`: the reference's
 #: parameters of its non-imaging modes, accepted for compatibility; the reference's default of
@@ -90,6 +104,15 @@ class OutlierDetectionDaskStep(Step):
 
     class_alias = "outlier_detection_dask"
 
+    @staticmethod
+    def get_stpipe_loggers() -> tuple[str, ...]:
+        """The loggers stpipe configures and records in ``cal_logs``: jwst's and this one's."""
+        return (*Step.get_stpipe_loggers(), _PACKAGE_LOGGER)
+
+    def default_suffix(self) -> str:
+        """The suffix of products saved by the step alone: the reference step's."""
+        return REFERENCE_SUFFIX
+
     #: Made from :class:`OutlierParameters` (types, defaults, and meanings as comments), so it
     #: cannot drift from the command line or the documentation; see :func:`_spec`.
     spec = _spec()
@@ -127,11 +150,19 @@ class OutlierDetectionDaskStep(Step):
         library = self.prepare_output(input_data, open_models=False)
         if not isinstance(library, ModelLibrary):  # an association's path, or its dict
             library = ModelLibrary(library, asn_exptypes=["science"], on_disk=False)
+        # As the reference: products and intermediate files carry the association's id.
+        asn_id = self.add_asn_id_to_output_name(library)
+        if len(library) < 2:
+            return _skipped(library)
         with library:
             models = [library.borrow(i) for i in range(len(library))]
             try:
                 result = detect_outliers(
-                    models, parameters=params, progress=self.progress, report=False
+                    models,
+                    parameters=params,
+                    progress=self.progress,
+                    report=False,
+                    asn_id=asn_id,
                 )
             except BaseException:
                 for index, model in enumerate(models):
@@ -141,3 +172,19 @@ class OutlierDetectionDaskStep(Step):
                 # A new model at a borrowed index replaces the borrowed one.
                 library.shelve(flagged, index)
         return library
+
+
+def _skipped(library: ModelLibrary) -> ModelLibrary:
+    """The library with every model's status ``SKIPPED``, as the reference leaves fewer than
+    two inputs (with a warning, whatever they hold: a single input needs no WCS)."""
+    import logging
+
+    logging.getLogger(_PACKAGE_LOGGER).warning(
+        "outlier detection needs at least two inputs, got %d: step skipped", len(library)
+    )
+    with library:
+        for index in range(len(library)):
+            model = library.borrow(index)
+            model.meta.cal_step.outlier_detection = "SKIPPED"
+            library.shelve(model, index)
+    return library

@@ -91,22 +91,45 @@ def test_single_input_is_skipped_and_written_unchanged(association, tmp_path, ca
         np.testing.assert_array_equal(model.dq, original.dq)
 
 
+@pytest.mark.jwst
 def test_intermediate_products_use_the_reference_names(association, tmp_path):
+    """Run both with save_intermediate_results: the same intermediate file names."""
+    from jwst.outlier_detection import OutlierDetectionStep
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    theirs.mkdir()
     detect_outliers(
         association.asn_path,
+        output_dir=ours,
+        scheduler="synchronous",
+        save_intermediate_results=True,
+        report=False,
+    )
+    OutlierDetectionStep.call(
+        str(association.asn_path), save_intermediate_results=True, output_dir=str(theirs)
+    )
+    intermediate = ("_median.fits", "_blot.fits", "_outlier_i2d.fits")
+    reference_names = {p.name for p in theirs.iterdir() if p.name.endswith(intermediate)}
+    assert {p.name for p in ours.iterdir() if p.name.endswith(intermediate)} == reference_names
+    first = association.cal_paths[0].name.removesuffix("_cal.fits")
+    assert f"{first}_o001_median.fits" in reference_names  # asn_id o001 of the association
+    with datamodels.open(ours / f"{first}_o001_median.fits") as median:
+        assert np.isfinite(median.data).mean() > 0.5
+        assert median.meta.wcs is not None
+
+
+def test_intermediate_names_of_a_list_of_files_have_no_association_id(association, tmp_path):
+    detect_outliers(
+        association.cal_paths[:2],
         output_dir=tmp_path,
         scheduler="synchronous",
         save_intermediate_results=True,
+        report=False,
     )
+    stems = [p.name.removesuffix("_cal.fits") for p in association.cal_paths[:2]]
     names = {p.name for p in tmp_path.iterdir()}
-    stems = [p.name.removesuffix("_cal.fits") for p in association.cal_paths]
-    firsts = [s for s in stems if s.endswith("nrca1")]
-    assert {f"{s}_outlier_i2d.fits" for s in firsts} <= names
-    assert f"{association.product_name}_median.fits" in names
+    assert f"{stems[0]}_median.fits" in names
     assert {f"{s}_blot.fits" for s in stems} <= names
-    with datamodels.open(tmp_path / f"{association.product_name}_median.fits") as median:
-        assert np.isfinite(median.data).mean() > 0.5
-        assert median.meta.wcs is not None
 
 
 def test_existing_products_are_refused_without_overwrite(association, tmp_path):

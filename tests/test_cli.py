@@ -53,6 +53,95 @@ def test_both_option_spellings_and_strun_booleans():
     assert b.resample_data is True
 
 
+def test_strun_underscore_spellings_beside_the_dash_forms():
+    a = _params(
+        [
+            "run",
+            "x_asn.json",
+            "--in_memory=False",
+            "--save_intermediate_results",
+            "--pixmap_stepsize",
+            "10",
+            "--good_bits=~DO_NOT_USE+NON_SCIENCE",
+            "--memory_limit=4GiB",
+        ]
+    )
+    assert a.in_memory is False
+    assert a.save_intermediate_results is True
+    assert a.pixmap_stepsize == 10.0
+    assert a.good_bits == "~DO_NOT_USE+NON_SCIENCE"
+    assert a.memory_limit == _params(["run", "x", "--memory-limit", "4GiB"]).memory_limit
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [
+        ("--snrr", "--snr"),
+        ("--kernal=point", "--kernel"),
+        ("--in_memroy=False", "--in_memory"),
+        ("--save_intermedite_results", "--save_intermediate_results"),
+        ("--pixmap-stepsise=2", "--pixmap-stepsize"),
+        ("--proflie", "--profile"),
+    ],
+)
+def test_mistyped_option_suggests_the_nearest(typo, suggestion, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "x_asn.json", typo])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2
+    assert err[-1] == (
+        f"outlier-dask: error: unrecognized arguments: {typo} (did you mean {suggestion}?)"
+    )
+
+
+def test_unknown_option_far_from_any_gets_no_suggestion(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "x_asn.json", "--zzzzzz"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "outlier-dask: error: unrecognized arguments: --zzzzzz"
+    )
+
+
+def test_output_dir_with_a_missing_parent_is_refused_before_work(association, tmp_path, capsys):
+    target = tmp_path / "typo" / "deep" / "out"
+    status = main(["run", str(association.asn_path), "--output-dir", str(target)])
+    err = capsys.readouterr().err.strip()
+    assert status == 1
+    assert err == (
+        f"outlier-dask: error: output_dir: cannot create {target}: its parent folder "
+        f"{target.parent} does not exist"
+    )
+    assert not (tmp_path / "typo").exists()
+
+
+def test_report_of_a_list_of_files_is_named_by_whole_fields(association, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["run", *map(str, association.cal_paths), "--output-dir", str(out), "-q"])
+    assert status == 0
+    # jw01234001001_01101_00001_nrca1, ..._00002_..., ..._00003_...: not "..._0000".
+    assert [p.name for p in out.glob("*_outlier_report.json")] == [
+        "jw01234001001_01101_outlier_report.json"
+    ]
+
+
+def test_profile_rows_add_up_and_task_seconds_are_shown_apart():
+    from outlier_dask.cli import profile_table
+
+    timings = {"plan": 0.5, "drizzle": 2.0, "median": 1.0, "blot_flag": 3.0, "write": 2.5}
+    lines = profile_table({**timings, "total": 7.0}).splitlines()
+    assert lines == [
+        "stage          seconds   share",
+        "plan              0.50      7%",
+        "drizzle           2.00     29%",
+        "median            1.00     14%",
+        "blot+flag         3.00     43%",
+        "other             0.50      7%",
+        "total             7.00    100%",
+        "(other: scheduler start and stop, scratch folder, report)",
+        "write (task-seconds within blot+flag, summed over workers): 2.50",
+    ]
+
+
 def test_help_lists_every_parameter_with_its_default(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--help"])
@@ -232,12 +321,16 @@ def test_profile_report_and_plot(association, tmp_path, capsys):
     assert (tmp_path / "synth_outlier_report.png").is_file()
     assert f"wrote {tmp_path / 'synth_outlier_report.json'}" in out
     table = out[out.index("stage") :].splitlines()
-    names = [line.split()[0] for line in table[1:-1]]
+    end = next(k for k, line in enumerate(table) if line.startswith("total"))
+    names = [line.split()[0] for line in table[1 : end + 1]]
     assert names[:4] == ["plan", "drizzle", "median", "blot+flag"]
     assert names[-1] == "total"
-    seconds = {line.split()[0]: float(line.split()[1]) for line in table[1:-1]}
+    seconds = {line.split()[0]: float(line.split()[1]) for line in table[1 : end + 1]}
     assert all(v >= 0 for v in seconds.values())
-    assert seconds["total"] >= max(v for k, v in seconds.items() if k != "total")
+    # The wall-time rows add up to the total (to the rounding of the printed values).
+    rows = sum(v for k, v in seconds.items() if k != "total")
+    assert rows == pytest.approx(seconds["total"], abs=0.005 * len(seconds))
+    assert "write (task-seconds within blot+flag, summed over workers):" in table[-1]
 
 
 def test_info_shows_the_plan_without_running(association, tmp_path, capsys):

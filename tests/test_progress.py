@@ -1,4 +1,4 @@
-"""Progress displays: a bar on terminals, two log records per stage otherwise, distributed too."""
+"""Progress displays: a bar on terminals, log records otherwise (start, every interval, end)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,46 @@ def test_log_mode_writes_two_records_per_stage_and_no_bar(caplog):
     assert messages[0] == "blot+flag: started"
     assert re.fullmatch(r"blot\+flag: 5/5 tasks done in \d+\.\d s", messages[1])
     assert len(messages) == 2
+
+
+def test_log_mode_writes_a_record_every_interval_of_a_long_stage(caplog, monkeypatch):
+    import outlier_dask.progress as progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.3)
+    runner = _runner(make_progress("log", io.StringIO()))
+    with caplog.at_level(logging.INFO, logger="outlier_dask.progress"):
+        # Four tasks of 0.25 s on two threads: about 0.5 s, one interval and a bit.
+        started = time.perf_counter()
+        runner.compute(*[dask.delayed(_slower)(i) for i in range(4)], stage="median")
+        elapsed = time.perf_counter() - started
+    messages = [r.getMessage() for r in caplog.records if r.name == "outlier_dask.progress"]
+    running = [m for m in messages if "running for" in m]
+    assert messages[0] == "median: started"
+    assert re.fullmatch(r"median: 4/4 tasks done in \d+\.\d s", messages[-1])
+    assert len(running) == int(elapsed / 0.3)  # one per whole interval, none after the end
+    assert all(re.fullmatch(r"median: \d/4 tasks done, running for \d+ s", m) for m in running)
+
+
+def test_each_stage_ends_with_one_line_whether_or_not_progress_is_shown(tmp_path, caplog):
+    asn = write_association(
+        tmp_path / "data", n_exposures=2, n_detectors=1, detector_shape=(48, 48), seed=3
+    )
+    for shown in ("log", "off"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="outlier_dask"):
+            detect_outliers(
+                asn.asn_path,
+                output_dir=tmp_path / shown,
+                scheduler="synchronous",
+                progress=shown,
+            )
+        ends = [
+            r.getMessage()
+            for r in caplog.records
+            if " done in " in r.getMessage() or r.getMessage().startswith("stage ")
+        ]
+        stages = [m.split(":")[0].removeprefix("stage ").removesuffix("+write") for m in ends]
+        assert stages == ["drizzle", "median", "blot+flag"], ends
 
 
 def test_failed_stage_is_shown_and_the_error_propagates():

@@ -79,7 +79,7 @@ def test_per_input_counts_match_the_products(run, association):
             valid = int(np.isfinite(original.data).sum())
         with datamodels.open(out / f"{stem}_crf.fits") as product:
             flagged = int(np.count_nonzero(product.dq & OUTLIER))
-        with datamodels.open(out / f"{stem}_blot.fits") as blot:
+        with datamodels.open(out / f"{stem}_o001_blot.fits") as blot:
             covered = int(np.isfinite(blot.data).sum()) / blot.data.size
         assert entry["output"] == f"{stem}_crf.fits"
         assert entry["flagged"] == flagged == result.flagged[cal.name]

@@ -94,6 +94,10 @@ def test_spec_is_made_from_the_parameter_table():
             assert spec_defaults[f.name] is None
             assert step._parameters().output_dir == f.default
             continue
+        if f.name == "suffix":  # stpipe's own: None for stpipe's naming rules
+            assert spec_defaults[f.name] is None
+            assert step.default_suffix() == "outlierdetectionstep"
+            continue
         assert spec_defaults[f.name] == f.default, f.name
         assert type(spec_defaults[f.name]) is type(f.default), f.name
         assert getattr(step, f.name) == f.default, f.name
@@ -158,30 +162,112 @@ def test_call_returns_a_library_of_flagged_models(association, expected):
             library.shelve(model, index, modify=False)
 
 
-def test_strun_saves_crf_files(association, expected, tmp_path):
+def _strun(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
     # The entry point installed beside this interpreter (a venv need not be activated).
     strun = shutil.which("strun", path=os.path.dirname(sys.executable)) or shutil.which("strun")
     if strun is None:
         pytest.skip("strun is not on PATH")
-    completed = subprocess.run(
-        [
-            strun,
-            "outlier_dask.OutlierDetectionDaskStep",
-            str(association.asn_path),
-            "--scheduler=synchronous",
-            "--progress=off",
-            f"--output_dir={tmp_path}",
-        ],
+    return subprocess.run(
+        [strun, *arguments],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
+        cwd=cwd,
         env={**os.environ, "STPIPE_DISABLE_CRDS_STEPPARS": "True", "CRDS_MODE": "local"},
     )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    products = sorted(tmp_path.glob("*_crf.fits"))
-    assert [p.name.replace("_crf", "_cal") for p in products] == sorted(expected)
-    for path in products:
+
+
+def _flags_by_input(folder, suffix: str) -> dict[str, np.ndarray]:
+    """OUTLIER flags of the products in ``folder``, keyed by their input's name."""
+    flags = {}
+    for path in sorted(folder.glob(f"*_o001_{suffix}.fits")):
         with datamodels.open(path) as model:
-            flags = (model.dq & OUTLIER) != 0
-            np.testing.assert_array_equal(flags, expected[path.name.replace("_crf", "_cal")])
+            flags[path.name.replace(f"_o001_{suffix}", "_cal")] = (model.dq & OUTLIER) != 0
+    return flags
+
+
+def test_strun_by_alias_names_every_file_as_the_reference(association, expected, tmp_path):
+    from jwst.outlier_detection import OutlierDetectionStep
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    done = _strun(
+        "outlier_detection_dask",
+        str(association.asn_path),
+        "--scheduler=synchronous",
+        "--progress=log",
+        "--save_intermediate_results=True",
+        f"--output_dir={ours}",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    OutlierDetectionStep.call(
+        str(association.asn_path),
+        save_results=True,
+        save_intermediate_results=True,
+        output_dir=str(theirs),
+    )
+    # Products (<stem>_o001_outlierdetectionstep.fits), medians, blots, mosaics: same names.
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    flags = _flags_by_input(ours, "outlierdetectionstep")
+    assert flags.keys() == expected.keys()
+    for name, mask in flags.items():
+        np.testing.assert_array_equal(mask, expected[name])
+    # stpipe's log has the per-input counts and the stages, as the reference logs its counts.
+    log = done.stderr
+    for name, mask in expected.items():
+        assert f"{name}: {np.count_nonzero(mask)} pixels marked as outliers" in log
+    for stage in ("drizzle", "median", "blot+flag"):
+        assert f"outlier_dask.progress - INFO - {stage}: started" in log
+
+
+def test_fewer_than_two_inputs_are_skipped_as_the_reference_skips(association):
+    from jwst.datamodels import ModelLibrary
+
+    model = datamodels.ImageModel(str(association.cal_paths[0]))
+    model.meta.wcs = None  # a single input needs no WCS: nothing is resampled
+    library = outlier_dask.OutlierDetectionDaskStep.call(
+        ModelLibrary([model], on_disk=False), progress="off"
+    )
+    with library:
+        skipped = library.borrow(0)
+        assert skipped.meta.cal_step.outlier_detection == "SKIPPED"
+        np.testing.assert_array_equal(skipped.dq, model.dq)
+        library.shelve(skipped, 0, modify=False)
+
+
+def test_image3_pipeline_with_this_step_writes_the_reference_s_crf(association, expected, tmp_path):
+    """``Image3DaskPipeline`` against ``calwebb_image3``, the other steps skipped."""
+    from jwst.pipeline import Image3Pipeline
+
+    from outlier_dask.pipeline import Image3DaskPipeline
+
+    skipped = {step: {"skip": True} for step in ("tweakreg", "skymatch", "resample")}
+    skipped["source_catalog"] = {"skip": True}
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    steps = {**skipped, "outlier_detection": {"scheduler": "synchronous", "progress": "off"}}
+    Image3DaskPipeline.call(
+        str(association.asn_path), steps=steps, output_dir=str(ours), save_results=True
+    )
+    Image3Pipeline.call(
+        str(association.asn_path), steps=skipped, output_dir=str(theirs), save_results=True
+    )
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    ours_flags, theirs_flags = _flags_by_input(ours, "crf"), _flags_by_input(theirs, "crf")
+    assert ours_flags.keys() == theirs_flags.keys() == expected.keys()
+    for name, mask in ours_flags.items():
+        np.testing.assert_array_equal(mask, theirs_flags[name])
+
+
+def test_registered_with_stpipe_by_entry_point():
+    from stpipe.entry_points import get_steps
+
+    registered = {(s.class_name, s.class_alias, s.is_pipeline) for s in get_steps()}
+    assert ("outlier_dask.step.OutlierDetectionDaskStep", "outlier_detection_dask", False) in (
+        registered
+    )
+    assert ("outlier_dask.pipeline.Image3DaskPipeline", "calwebb_image3_dask", True) in (registered)
+    from outlier_dask.pipeline import Image3DaskPipeline
+
+    assert Image3DaskPipeline.step_defs["outlier_detection"] is (
+        outlier_dask.OutlierDetectionDaskStep
+    )

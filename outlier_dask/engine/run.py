@@ -134,7 +134,9 @@ def run_plan(
     ]
     outcomes, layout, thresholds, mosaics = handover.run_groups(tasks, runner)
     timings["drizzle"] = time.perf_counter() - started
-    log.info("stage drizzle: %d grouped mosaics in %.1f s", plan.n_groups, timings["drizzle"])
+    # With a progress display each stage ends with its line; this summary is then DEBUG.
+    level = logging.INFO if getattr(runner, "progress", None) is None else logging.DEBUG
+    log.log(level, "stage drizzle: %d grouped mosaics in %.1f s", plan.n_groups, timings["drizzle"])
 
     started = time.perf_counter()
     stack = handover.stack(outcomes, layout)
@@ -142,13 +144,14 @@ def run_plan(
     handover.keep_median(median, runner)
     del outcomes  # a cluster may now forget the group results (the median holds what is left)
     timings["median"] = time.perf_counter() - started
-    log.info("stage median: %d x %d in %.1f s", *plan.grid_shape, timings["median"])
+    log.log(level, "stage median: %d x %d in %.1f s", *plan.grid_shape, timings["median"])
 
     started = time.perf_counter()
     outcomes_by_input = _flag_inputs(plan, params, runner, handover, infos, writers, keep_masks)
     timings["blot_flag"] = time.perf_counter() - started
     timings["write"] = sum(o.write_seconds for o in outcomes_by_input)
-    log.info(
+    log.log(
+        level,
         "stage blot+flag+write: %d blocks in %.1f s (%.1f task-seconds writing)",
         len(plan.blocks),
         timings["blot_flag"],

@@ -10,7 +10,9 @@ from typing import Any
 __all__ = [
     "AssociationError",
     "AssociationMember",
+    "association_id",
     "group_id_from_observation",
+    "product_name_for_files",
     "read_association",
 ]
 
@@ -23,6 +25,29 @@ OBSERVATION_KEYS = (
     "activity_id",
     "exposure_number",
 )
+
+
+def product_name_for_files(stems: list[str]) -> str:
+    """The product name of a list of inputs given without an association.
+
+    The underscore-separated fields the inputs' stems share from the start
+    (``jw01234001001_01101_00001_nrca1`` and ``jw01234001001_01101_00002_nrca1`` give
+    ``jw01234001001_01101``, never a name cut inside a field such as ``..._0000``); with no
+    shared field, the first input's stem, as jwst names the products of a list after its first
+    member.
+
+    Parameters
+    ----------
+    stems : list of str
+        The inputs' names without extension and suffix, in input order (at least one).
+    """
+    fields = [stem.split("_") for stem in stems]
+    shared: list[str] = []
+    for column in zip(*fields, strict=False):
+        if any(field != column[0] for field in column):
+            break
+        shared.append(column[0])
+    return "_".join(shared) or stems[0]
 
 
 class AssociationError(ValueError):
@@ -85,6 +110,17 @@ def read_association(asn_path: str | Path) -> tuple[str, list[AssociationMember]
         )
     members = _science_members(path, product.get("members"))
     return name, members
+
+
+def association_id(asn_path: str | Path) -> str | None:
+    """The association's ``asn_id`` (``o001``, ``c1000``), which jwst puts in the names of
+    intermediate files; None if it has none or it is not a plain name.
+
+    Call after :func:`read_association` accepted the file.
+    """
+    asn = json.loads(Path(asn_path).read_text())
+    value = asn.get("asn_id")
+    return value if isinstance(value, str) and _is_plain_name(value) else None
 
 
 def _is_plain_name(name: str) -> bool:

@@ -24,6 +24,7 @@ __all__ = [
     "apply_outlier_mask",
     "atomic_path",
     "blot_path_for",
+    "intermediate_path_for",
     "intermediate_paths",
     "median_path_for",
     "mosaic_path_for",
@@ -46,36 +47,50 @@ def output_path_for(name: str, output_dir: Path, suffix: str) -> Path:
     return output_dir / f"{stem_of(name)}_{suffix}.fits"
 
 
-def mosaic_path_for(first_member_name: str, output_dir: Path) -> Path:
+def intermediate_path_for(
+    name: str, output_dir: Path, suffix: str, asn_id: str | None = None
+) -> Path:
+    """An intermediate product named as jwst's ``make_output_path`` names it.
+
+    ``<output_dir>/<stem>_<asn_id>_<suffix>.fits``, or ``<stem>_<suffix>.fits`` without an
+    association id: the names ``OutlierDetectionStep`` gives its ``_median``, ``_blot`` and
+    ``_outlier_i2d`` files for the same inputs (``stem`` as in :func:`output_path_for`). The one
+    rule for every interface's intermediate files.
+    """
+    components = f"_{asn_id}" if asn_id else ""
+    return output_dir / f"{stem_of(name)}{components}_{suffix}.fits"
+
+
+def mosaic_path_for(first_member_name: str, output_dir: Path, asn_id: str | None = None) -> Path:
     """The ``_outlier_i2d`` product of a group, named after its first member (as jwst does)."""
-    return output_path_for(first_member_name, output_dir, "outlier_i2d")
+    return intermediate_path_for(first_member_name, output_dir, "outlier_i2d", asn_id)
 
 
-def median_path_for(product_name: str, output_dir: Path) -> Path:
-    """The ``_median`` product of an association."""
-    return output_dir / f"{Path(product_name).name}_median.fits"
+def median_path_for(first_member_name: str, output_dir: Path, asn_id: str | None = None) -> Path:
+    """The ``_median`` product, named after the first input (as jwst does)."""
+    return intermediate_path_for(first_member_name, output_dir, "median", asn_id)
 
 
-def blot_path_for(member_name: str, output_dir: Path) -> Path:
+def blot_path_for(member_name: str, output_dir: Path, asn_id: str | None = None) -> Path:
     """The ``_blot`` product of one input."""
-    return output_path_for(member_name, output_dir, "blot")
+    return intermediate_path_for(member_name, output_dir, "blot", asn_id)
 
 
 def intermediate_paths(
-    members: Sequence[Member], product_name: str, output_dir: Path, resample_data: bool
+    members: Sequence[Member], output_dir: Path, resample_data: bool, asn_id: str | None = None
 ) -> list[Path]:
     """Every file ``save_intermediate_results`` writes: mosaics, median, blots.
 
     Mosaics are named after the first member of each group (groups in order of first
-    appearance, as the plan orders them); blots exist only for inputs read from files.
+    appearance, as the plan orders them), the median after the first input.
     """
-    paths = [median_path_for(product_name, output_dir)]
+    paths = [median_path_for(members[0].name, output_dir, asn_id)]
     if resample_data:
         firsts: dict[str, str] = {}
         for member in members:
             firsts.setdefault(member.group_id, member.name)
-        paths += [mosaic_path_for(name, output_dir) for name in firsts.values()]
-        paths += [blot_path_for(m.name, output_dir) for m in members if m.path is not None]
+        paths += [mosaic_path_for(name, output_dir, asn_id) for name in firsts.values()]
+        paths += [blot_path_for(m.name, output_dir, asn_id) for m in members]
     return paths
 
 
@@ -166,9 +181,11 @@ def write_image(
 
 def write_blot(final: Path, blot: np.ndarray, member: Member) -> None:
     """Write the median blotted onto one input's frame, with that input's metadata."""
-    like = datamodels.ImageModel(str(member.path)) if member.path else None
+    if member.path is None:
+        write_image(final, blot, member.wcs, member.model)
+        return
+    like = datamodels.ImageModel(str(member.path))
     try:
         write_image(final, blot, member.wcs, like)
     finally:
-        if like is not None:
-            like.close()
+        like.close()

@@ -425,11 +425,20 @@ def check_work_dir(work_dir: Path) -> None:
 
 
 def prepare_output_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed and check that files can be created in it."""
+    """Create ``out_dir`` if needed and check that files can be created in it.
+
+    Only the folder itself is created: a parent that does not exist is more likely a typo
+    (``/typo/deep/out``) than a tree to make, and is refused.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output_dir: {out_dir} exists and is not a folder")
+    parent = out_dir.absolute().parent
+    if not out_dir.exists() and not parent.exists():
+        raise OutputError(
+            f"output_dir: cannot create {out_dir}: its parent folder {parent} does not exist"
+        )
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(f"output_dir: cannot create {out_dir} ({exc.strerror})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):

@@ -10,7 +10,11 @@ from astropy.io import fits
 from stdatamodels.jwst import datamodels
 
 from outlier_dask import detect_outliers
-from outlier_dask.io.association import AssociationError, read_association
+from outlier_dask.io.association import (
+    AssociationError,
+    product_name_for_files,
+    read_association,
+)
 from outlier_dask.synthetic import make_models
 
 
@@ -165,3 +169,17 @@ def test_inputs_of_the_wrong_kind_are_named(tmp_path, good_model):
         detect_outliers([tmp_path / "missing_cal.fits", tmp_path / "other_cal.fits"])
     with pytest.raises(AssociationError, match="give one association, or only _cal.fits"):
         detect_outliers([tmp_path / "a_asn.json", tmp_path / "b_cal.fits"])
+
+
+@pytest.mark.parametrize(
+    ("stems", "name"),
+    [
+        (["jw01_02_00001_nrca1", "jw01_02_00002_nrca1"], "jw01_02"),
+        (["jw01_02_00010_nrca1", "jw01_02_00011_nrca1"], "jw01_02"),
+        (["a_x_1", "a_x_1"], "a_x_1"),
+        (["one_cal_thing"], "one_cal_thing"),
+        (["first_a", "second_a"], "first_a"),
+    ],
+)
+def test_product_name_for_files_keeps_whole_fields(stems, name):
+    assert product_name_for_files(stems) == name

@@ -257,7 +257,8 @@ def test_output_dir_that_cannot_be_created_is_refused(association, tmp_path):
 
 
 def test_existing_intermediate_products_are_refused_without_overwrite(association, tmp_path):
-    median = tmp_path / f"{association.product_name}_median.fits"
+    first = association.cal_paths[0].name.removesuffix("_cal.fits")
+    median = tmp_path / f"{first}_o001_median.fits"
     median.write_text("an earlier median")
     with pytest.raises(OutputError, match=f"{median.name} exists; pass overwrite=True"):
         _run(association.asn_path, output_dir=tmp_path, save_intermediate_results=True)
