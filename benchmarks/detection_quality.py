@@ -58,6 +58,16 @@ CASES: dict[str, dict[str, Any]] = {
         "background_level_in_meta": True,
         "seed": 11,
     },
+    # 3 x 3 survey pointings x 2 dithers x 4 detectors (72 inputs), overlapping at the edges
+    "survey-2dither": {
+        "n_exposures": 2,
+        "n_detectors": 4,
+        "detector_shape": (256, 256),
+        "pointings": (3, 3),
+        "hot_fraction": 5e-4,
+        "background_level_in_meta": True,
+        "seed": 14,
+    },
     # a deep pointing
     "deep-8dither": {
         "n_exposures": 8,

@@ -67,6 +67,24 @@ class SharedArray:
         )
 
 
+def _shared_memory(size: int, name: str) -> mmap.mmap:
+    """``size`` bytes of memory shared with forked children (MAP_SHARED), committed as written.
+
+    On Linux the memory is a ``memfd`` (an unnamed file in memory, gone when unmapped): the
+    kernel does not count its size against the overcommit heuristic, which refuses one
+    anonymous mapping bigger than memory and swap together; a survey's stack (groups x grid)
+    can be that large although only the tiles its groups cover are ever written.
+    """
+    if not hasattr(os, "memfd_create"):  # pragma: no cover - not Linux
+        return mmap.mmap(-1, size)  # fd -1: anonymous memory, MAP_SHARED by default
+    fd = os.memfd_create(f"outlier_dask-{name}", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)  # the mapping keeps the memory
+
+
 @contextlib.contextmanager
 def shared_arrays(
     specs: dict[str, tuple[tuple[int, ...], str]],
@@ -89,8 +107,7 @@ def shared_arrays(
         for name, (shape, dtype) in specs.items():
             key = f"{os.getpid()}-{next(_COUNTER)}-{name}"
             size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-            # fd -1: anonymous memory, MAP_SHARED by default, so forked children share pages.
-            _REGISTRY[key] = mmap.mmap(-1, size)
+            _REGISTRY[key] = _shared_memory(size, name)
             handles[name] = SharedArray(key, tuple(int(n) for n in shape), str(np.dtype(dtype)))
         yield handles
     finally:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from outlier_dask.kernels.median import nanmedian_stack
+from outlier_dask.kernels.median import nanmedian_stack, planes_with_values
 
 __all__ = ["count_finite", "nanmedian_reject_highest"]
 
@@ -66,6 +66,7 @@ def nanmedian_reject_highest(stack: np.ndarray, max_groups: int) -> np.ndarray:
     median = nanmedian_stack(stack)
     if max_groups < 2:
         return median
+    stack = planes_with_values(stack)  # all-NaN planes count nothing and sort last
     count = count_finite(stack)
     few = (count >= 2) & (count <= max_groups)
     if not few.any():

@@ -16,10 +16,41 @@ import warnings
 import bottleneck as bn
 import numpy as np
 
-__all__ = ["nanmedian_stack"]
+__all__ = ["nanmedian_stack", "planes_with_values"]
 
 # dtypes reduced by bottleneck (others fall back to numpy entirely)
 _NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Every this many rows and columns a plane is first looked at for a value.
+_SAMPLE_STEP = 16
+
+
+def planes_with_values(stack: np.ndarray) -> np.ndarray:
+    """The planes of ``stack`` that hold at least one non-NaN value, in order.
+
+    In a survey most groups miss a given tile of the grid, and their planes there are NaN
+    throughout; the median's work would grow with the number of groups, not with the groups
+    covering the tile. A plane with a value on a sparse sample of pixels is kept at once; the
+    others are looked at whole. Leaving out all-NaN planes changes no pixel's values.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (n, ny, nx), float, n >= 1
+
+    Returns
+    -------
+    ndarray, shape (k, ny, nx)
+        ``stack`` itself when every plane has a value; a copy of the ``k`` planes that have
+        one otherwise (``k = 1``, a NaN plane, when none has).
+    """
+    sample = stack[:, ::_SAMPLE_STEP, ::_SAMPLE_STEP]
+    keep = ~np.isnan(sample).all(axis=(1, 2))
+    if keep.all():
+        return stack
+    for k in np.flatnonzero(~keep):
+        keep[k] = not np.isnan(stack[k]).all()
+    if keep.all():
+        return stack
+    return stack[keep] if keep.any() else stack[:1]
 
 
 def _numpy_nanmedian(stack: np.ndarray) -> np.ndarray:
@@ -72,7 +103,8 @@ def nanmedian_stack(stack: np.ndarray) -> np.ndarray:
     ``np.nanmedian``, which makes the result equal to numpy's in every case (and to stcal's
     ``nanmedian3D``, which applies ``np.nanmedian`` row by row). Such pixels are rare in real
     data, so the cost is one extra pass over the ``(ny, nx)`` result. Non-native dtypes
-    (float16, big-endian, long double) use ``np.nanmedian`` throughout.
+    (float16, big-endian, long double) use ``np.nanmedian`` throughout. Planes that are NaN
+    everywhere are left out first (:func:`planes_with_values`).
     """
     if stack.ndim != 3:
         raise ValueError(f"stack must be 3-D (n, ny, nx), got shape {stack.shape}")
@@ -83,6 +115,7 @@ def nanmedian_stack(stack: np.ndarray) -> np.ndarray:
     if stack.dtype not in _NATIVE_DTYPES:
         return _numpy_nanmedian(stack).astype(stack.dtype, copy=False)
 
+    stack = planes_with_values(stack)
     median = bn.nanmedian(stack, axis=0)
     redo = _differs_from_numpy(median)
     if redo.any():

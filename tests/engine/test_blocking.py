@@ -212,6 +212,25 @@ def test_shared_array_outside_the_run_is_a_clear_error():
         stale.view()
 
 
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="Linux memory files")
+def test_shared_stack_larger_than_memory_and_swap_maps_and_commits_only_what_is_written():
+    """A survey's groups x grid stack may exceed memory and swap (the kernel's overcommit
+    heuristic refuses such an anonymous mapping); only written pages are committed."""
+    with open("/proc/meminfo") as info:
+        kib = {k: int(v.split()[0]) for k, v in (line.split(":") for line in info)}
+    size = 2 * (kib["MemTotal"] + kib["SwapTotal"]) * 1024
+    shape = (8, size // (8 * 4 * 2**16), 2**16)
+    with shared_arrays({"stack": (shape, "float32")}) as arrays:
+        view = arrays["stack"].view()
+        assert view.nbytes > size - 8 * 4 * 2**16
+        view[3, 1000, :] = 2.5
+        view[7, -1, -5:] = np.nan
+        assert view[3, 1000].sum() == 2.5 * 2**16
+        assert np.isnan(view[7, -1, -5:]).all()
+        assert view[0, 0, 0] == 0
+        del view
+
+
 @pytest.fixture(scope="module")
 def sparse_models():
     """Dithers of 90% of a detector: grid tiles met by 0, 1, 2 or all 3 groups."""

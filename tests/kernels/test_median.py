@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from outlier_dask.kernels.median import nanmedian_stack
+from outlier_dask.kernels.median import nanmedian_stack, planes_with_values
 
 NAN = np.nan
 
@@ -205,3 +205,31 @@ def test_non_contiguous_stack():
     stack[rng.random(stack.shape) < 0.3] = NAN
     assert not stack.flags.c_contiguous
     assert _bits_equal(nanmedian_stack(stack), _numpy_median(stack))
+
+
+def test_planes_without_values_are_left_out_and_change_nothing():
+    """Most planes NaN throughout (groups missing the tile), one holding a single value off
+    the sampled pixels: the median equals numpy's, computed on the planes with values."""
+    rng = np.random.default_rng(7)
+    stack = np.full((40, 70, 90), np.nan, dtype=np.float32)
+    stack[[3, 17, 29]] = rng.normal(size=(3, 70, 90)).astype(np.float32)
+    stack[[3, 17, 29], 5:9] = np.nan  # some pixels covered by fewer planes
+    stack[33, 37, 41] = 100.0  # not on the sample grid of every 16th row and column
+    stack[17, 0, 0] = -0.0
+    kept = planes_with_values(stack)
+    np.testing.assert_array_equal(kept, stack[[3, 17, 29, 33]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(stack, axis=0)
+    got = nanmedian_stack(stack)
+    np.testing.assert_array_equal(got, expected)
+    assert np.signbit(got[0, 0]) == np.signbit(expected[0, 0])
+
+
+def test_planes_with_values_are_the_stack_itself_when_all_have_one():
+    stack = np.random.default_rng(8).normal(size=(5, 33, 40)).astype(np.float32)
+    stack[2, 1:, :] = np.nan  # one value left in the plane, on the sample grid
+    assert planes_with_values(stack) is stack
+    empty = np.full((6, 20, 20), np.nan, dtype=np.float32)
+    assert planes_with_values(empty).shape == (1, 20, 20)
+    assert np.isnan(nanmedian_stack(empty)).all()
