@@ -34,12 +34,15 @@ def _replaceable(signum: int, current: object) -> bool:
 
 
 @contextlib.contextmanager
-def interrupted_by_signals() -> Iterator[None]:
+def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise KeyboardInterrupt once, then are ignored.
 
     Outside the main thread (where Python cannot set handlers) this does nothing. Processes
     forked inside the block (worker pools) inherit the handler; in them it behaves as the
     default would (SIGTERM ends the process at once), so a pool can still terminate them.
+
+    ``announce`` logs a warning when the first signal arrives; the command turns it off, as it
+    reports the interrupt in its own one line.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -60,7 +63,8 @@ def interrupted_by_signals() -> Iterator[None]:
             log.warning("%s received again: still cleaning up (SIGKILL stops at once)", name)
             return
         stopping.set()
-        log.warning("%s received: stopping and cleaning up", name)
+        if announce:
+            log.warning("%s received: stopping and cleaning up", name)
         raise KeyboardInterrupt(name)
 
     previous = {}
