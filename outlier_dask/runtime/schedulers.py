@@ -381,10 +381,11 @@ async def _close_nannies_killing_workers(nannies: list[Any]) -> None:
 def _stop_cluster_now(cluster: Any, client: Any) -> None:
     """Stop this run's ``LocalCluster`` at once after an error or interrupt: its tasks
     cancelled, its worker processes killed (waiting for a running task could take minutes)."""
-    with contextlib.suppress(Exception):
-        client.close()
+    # Workers first: a worker told that its tasks were cancelled logs a warning for each.
     with contextlib.suppress(Exception):
         cluster.sync(_close_nannies_killing_workers, list(cluster.workers.values()))
+    with contextlib.suppress(Exception):
+        client.close()
 
 
 def resolve_security(params: OutlierParameters, security: Any = None) -> Any:
