@@ -94,16 +94,19 @@ def _shared_memory_of(pids: set[int]) -> set[str]:
     return names
 
 
-def _catches_sigterm(pid: int) -> bool:
-    """Whether the process has a handler for SIGTERM (the command's, once installed)."""
+def _signal_set(pid: int, field: str, signum: int) -> bool:
+    """Whether ``signum`` is in the process's ``SigCgt`` (caught) or ``SigIgn`` (ignored)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-    caught = int(
-        next(line for line in status.splitlines() if line.startswith("SigCgt")).split()[1], 16
-    )
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
+    mask = int(next(line for line in status.splitlines() if line.startswith(field)).split()[1], 16)
+    return bool(mask & (1 << (signum - 1)))
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (the command's, once installed)."""
+    return _signal_set(pid, "SigCgt", signal.SIGTERM)
 
 
 def _alive(pid: int) -> bool:
@@ -222,6 +225,14 @@ def test_a_local_cluster_run_stopped_by_sigterm_stops_its_workers_at_once(associ
     run = _Run(association, tmp_path, ["--scheduler", "local-cluster"], env)
     assert run.marked.wait(120), "the drizzle stage never started:\n" + "".join(run.lines)
     time.sleep(0.3)  # let the other worker pick up its task
+    workers = [
+        pid
+        for pid in _descendants(run.process.pid)
+        if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    # A terminal's Ctrl-C reaches them too: they leave it to the command (a preload).
+    assert len(workers) == 2
+    assert all(_signal_set(pid, "SigIgn", signal.SIGINT) for pid in workers)
     status, _, children, shm = run.signal_and_wait(signum, group=group)
     stderr = run.stderr()
     assert status == 128 + signum, stderr

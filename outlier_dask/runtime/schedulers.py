@@ -436,6 +436,7 @@ def _distributed_runner(
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",
                 local_directory=spill_dir,
+                preload=["outlier_dask.runtime.cluster_worker"],
             ) as cluster,
             Client(cluster) as client,
         ):
