@@ -438,19 +438,26 @@ def unknown_options_message(unknown: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``outlier-dask`` command in the calling process; returns the exit status."""
-    parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        parser.error(unknown_options_message(unknown))
-    _setup_logging(args)
-    commands = {"run": _run, "info": _info, "demo": _demo}
     try:
-        return commands[args.command](args)
+        # Building the parser imports the parameters (numpy): an interrupt may come here too.
+        parser = _parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            parser.error(unknown_options_message(unknown))
+        _setup_logging(args)
+        return _dispatch(args)
     except KeyboardInterrupt as interrupt:
         # runtime/signals.py raises it with the signal's name; a bare one is Ctrl-C.
         name = str(interrupt) or "SIGINT"
         print(f"outlier-dask: interrupted ({name})", file=sys.stderr)
         return EXIT_SIGNAL_BASE + int(getattr(signal, name, signal.SIGINT))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; a failure becomes its one-line message and exit status."""
+    commands = {"run": _run, "info": _info, "demo": _demo}
+    try:
+        return commands[args.command](args)
     except Exception as exc:  # noqa: BLE001 - every failure ends with one line, not a traceback
         status, message = _status_and_message(exc)
         if args.debug:

@@ -346,7 +346,7 @@ def test_interrupt_exits_promptly_and_cleanly(
 ):
     before = _checksums(association.cal_paths)
     status, elapsed, stderr, pids = _interrupt_run(association, tmp_path, stage, signum, extra)
-    assert status != 0, stderr
+    assert status == 128 + signum, stderr
     assert elapsed < PROMPT_EXIT_S, stderr
     assert "Traceback" not in stderr.split("received: stopping")[-1]
     assert "interrupted" in stderr
@@ -474,10 +474,13 @@ def test_a_killed_worker_ends_the_run_with_one_line_saying_what_to_try(associati
     )
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last == (
-        "outlier-dask: error: a worker process died during the drizzle stage (ended by a "
-        "signal, often the out-of-memory killer); try a lower --memory-limit or fewer "
-        "--n-workers"
-    )
+    assert re.fullmatch(
+        # Each worker that ran a group task killed itself: one or both are named.
+        r"outlier-dask: error: a worker process died during the drizzle stage \(worker \d+ "
+        r"killed by SIGKILL(, worker \d+ killed by SIGKILL)?\), also on 2 fresh pool\(s\); "
+        r"try a lower --memory-limit or "
+        r"fewer --n-workers \(SIGKILL is often the out-of-memory killer's\)",
+        last,
+    ), last
     assert "Traceback" not in done.stderr
     assert _leftovers(out, work) == []

@@ -121,11 +121,15 @@ def removed_on_failure(products: Sequence[Path]) -> Iterator[None]:
 
     A product that existed before (being overwritten) is left as it is: once replaced it is a
     complete product of this run. Temporary files are removed too, since a worker process that
-    was terminated mid-write cannot remove its own.
+    was terminated mid-write cannot remove its own; after a successful run as well (a worker
+    killed mid-write whose task then ran again on a fresh worker).
     """
     existed = {p for p in products if p.exists()}
     try:
         yield
+        for path in products:
+            for partial in _partial_names_of(path):
+                partial.unlink(missing_ok=True)
     except BaseException:
         for path in products:
             for partial in _partial_names_of(path):

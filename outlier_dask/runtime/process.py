@@ -16,6 +16,12 @@ start to exit, and sets it up for the run:
 
 Both are environment variables the libraries document, set before they are imported, in a
 process the command owns (and inherited by the workers it forks).
+
+- **Ctrl-C and SIGTERM from the first moment.** The handlers of
+  :mod:`outlier_dask.runtime.signals` are installed before anything heavy is imported and stay
+  for the life of the process, so a signal during the imports, the planning or the start of
+  the workers ends the command as one during the run does: one line, exit status 130 or 143.
+  Only the interpreter's own start-up (before the entry point's first line) comes earlier.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+
+from outlier_dask.runtime.signals import interrupted_by_signals
 
 __all__ = ["BLAS_THREAD_VARIABLES", "NUMPY_HUGEPAGE_VARIABLE", "command_process"]
 
@@ -46,6 +54,11 @@ def _set_library_defaults() -> None:
 
 @contextlib.contextmanager
 def command_process() -> Iterator[None]:
-    """The whole life of the command's process, set up on entry (see the module's docstring)."""
-    _set_library_defaults()
-    yield
+    """The whole life of the command's process, set up on entry (see the module's docstring).
+
+    Within it SIGINT and SIGTERM raise ``KeyboardInterrupt`` (once), which the command turns
+    into its one-line report and exit status.
+    """
+    with interrupted_by_signals(announce=False):
+        _set_library_defaults()
+        yield

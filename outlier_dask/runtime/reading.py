@@ -38,4 +38,4 @@ def reading_map(params: OutlierParameters, n_members: int) -> Iterator[Mapper]:
         yield map
         return
     with _started_process_pool(n) as pool:
-        yield partial(pool.map, chunksize=max(1, n_members // (4 * n)))
+        yield partial(pool.executor.map, chunksize=max(1, n_members // (4 * n)))

@@ -9,8 +9,10 @@ from Python is used as it is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
@@ -32,8 +34,10 @@ from outlier_dask.engine.budget import default_workers
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
 
 __all__ = [
+    "WORKER_RESTARTS",
     "Runner",
     "WorkerDiedError",
+    "WorkerPool",
     "client_ssl_context",
     "resolve_security",
     "start_runner",
@@ -44,6 +48,11 @@ log = logging.getLogger(__name__)
 
 class WorkerDiedError(RuntimeError):
     """A worker process ended while it ran a task (killed, e.g. for memory)."""
+
+
+#: Times the ``processes`` scheduler replaces its pool within one stage after a worker died,
+#: before the run ends with :class:`WorkerDiedError`.
+WORKER_RESTARTS = 2
 
 
 @dataclass
@@ -64,40 +73,97 @@ class Runner:
     client: Any = None
     #: ``progress(stage, runner) -> context manager`` shown around each stage's computation
     progress: Callable[[str, Runner], contextlib.AbstractContextManager] | None = None
+    #: The ``processes`` scheduler's pool, replaced when one of its workers dies
+    pool: WorkerPool | None = None
 
     def persist(self, *collections: Any, stage: str = "compute") -> tuple:
         """Compute dask collections and keep their values where they were computed (a
-        cluster's workers; this process for local schedulers)."""
-        if self.progress is None:
-            return dask.persist(*collections, **self._options)
-        with self.progress(stage, self):
-            return dask.persist(*collections, **self._options)
+        cluster's workers; this process for local schedulers).
+
+        Raises
+        ------
+        WorkerDiedError
+            As :meth:`compute`.
+        """
+        return self._run(dask.persist, collections, stage)
 
     def compute(self, *collections: Any, stage: str = "compute") -> tuple:
         """Compute dask collections (delayed objects, arrays) and return their values.
 
         ``stage`` names the step for progress displays (drizzle, median, blot+flag, write).
+        When a worker process of the ``processes`` scheduler dies (the out-of-memory killer),
+        the stage runs again on a fresh pool, up to :data:`WORKER_RESTARTS` times: every task
+        of the engine writes the same bytes to the same place when it runs again. A
+        ``distributed`` scheduler runs the lost tasks again itself (up to its
+        ``distributed.scheduler.allowed-failures``).
 
         Raises
         ------
         WorkerDiedError
-            If a worker process of the ``processes`` scheduler died during the stage.
+            If workers kept dying: the pool's restarts were used up, or ``distributed`` gave
+            up on a task (``KilledWorker``).
         """
-        try:
-            if self.progress is None:
-                return dask.compute(*collections, **self._options)
-            with self.progress(stage, self):
-                return dask.compute(*collections, **self._options)
-        except BrokenProcessPool:
-            raise WorkerDiedError(
-                f"a worker process died during the {stage} stage (ended by a signal, often the "
-                "out-of-memory killer); try a lower --memory-limit or fewer --n-workers"
-            ) from None
+        return self._run(dask.compute, collections, stage)
+
+    def _run(self, function: Callable[..., tuple], collections: tuple, stage: str) -> tuple:
+        for restarts in itertools.count():
+            try:
+                if self.progress is None:
+                    return function(*collections, **self._options)
+                with self.progress(stage, self):
+                    return function(*collections, **self._options)
+            except BrokenProcessPool:
+                death = self.pool.death() if self.pool else "ended by a signal"
+                if self.pool is None or restarts >= WORKER_RESTARTS:
+                    raise WorkerDiedError(_worker_died_message(stage, death, restarts)) from None
+                log.warning(
+                    "a worker process died during the %s stage (%s); running the stage again "
+                    "on a fresh pool (restart %d of %d)",
+                    stage,
+                    death,
+                    restarts + 1,
+                    WORKER_RESTARTS,
+                )
+                self._options["pool"] = self.pool.replace()
+            except Exception as exc:
+                if self.kind == "distributed" and _is_killed_worker(exc):
+                    raise WorkerDiedError(_killed_worker_message(stage, exc)) from None
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @property
     def dashboard_link(self) -> str | None:
         """The distributed dashboard's address, when there is one."""
         return getattr(self.client, "dashboard_link", None) if self.client else None
+
+
+#: What to try when workers die, in both schedulers' messages.
+_WHAT_TO_TRY = "try a lower --memory-limit or fewer --n-workers"
+
+
+def _worker_died_message(stage: str, death: str, restarts: int) -> str:
+    again = f", also on {restarts} fresh pool(s)" if restarts else ""
+    return (
+        f"a worker process died during the {stage} stage ({death}){again}; {_WHAT_TO_TRY} "
+        "(SIGKILL is often the out-of-memory killer's)"
+    )
+
+
+def _is_killed_worker(exc: Exception) -> bool:
+    """Whether ``distributed`` gave up on a task whose workers kept dying."""
+    from distributed import KilledWorker
+
+    return isinstance(exc, KilledWorker)
+
+
+def _killed_worker_message(stage: str, exc: Any) -> str:
+    worker = getattr(exc.last_worker, "address", exc.last_worker)
+    return (
+        f"worker processes died during the {stage} stage: distributed gave up on task "
+        f"{exc.task!r} after {exc.allowed_failures + 1} workers died running it (the last "
+        f"{worker}; the nanny's log above names the signal); {_WHAT_TO_TRY} (SIGKILL is often "
+        "the out-of-memory killer's)"
+    )
 
 
 @contextlib.contextmanager
@@ -128,8 +194,12 @@ def start_runner(
         with _started_process_pool(n) as pool:
             # One task per submission: dask's default batches up to six ready tasks into one
             # worker, which left one of two workers with six of eight drizzle groups.
-            options = {"scheduler": dask.multiprocessing.get, "pool": pool, "chunksize": 1}
-            yield Runner(kind, n, options)
+            options = {
+                "scheduler": dask.multiprocessing.get,
+                "pool": pool.executor,
+                "chunksize": 1,
+            }
+            yield Runner(kind, n, options, pool=pool)
     else:
         yield from _distributed_runner(params, n, spill_dir, security)
 
@@ -186,38 +256,95 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
-@contextlib.contextmanager
-def _started_process_pool(n: int) -> Iterator[ProcessPoolExecutor]:
-    """A pool of ``n`` forked workers, all started before this process starts any thread.
+def _exit_description(exitcode: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-exitcode).name}"
+        return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+class WorkerPool:
+    """The ``processes`` scheduler's pool of ``n`` forked workers, replaceable when one dies.
 
     Forking (rather than spawning) keeps the engine's imports, and does not re-run the caller's
     script in the workers, so a script calling ``detect_outliers`` with this scheduler needs no
     ``__main__`` guard (``local-cluster`` starts processes the usual way and does need one).
-    Workers are started at once, while this process has no helper threads (Zarr's event loop,
-    dask's thread pools) that a fork could copy in a locked state. A worker that dies (the
-    out-of-memory killer) ends the run with ``BrokenProcessPool`` rather than a hang.
-
-    After an error or interrupt the workers are terminated at once: waiting for the running
-    tasks (a drizzle can take minutes) would make Ctrl-C and SIGTERM slow. They are the
-    children this process gained while the pool started (:func:`multiprocessing.active_children`).
+    The first workers are started at once, while this process has no helper threads (Zarr's
+    event loop, dask's thread pools) that a fork could copy in a locked state; a replacement
+    pool is forked later, from a process whose libraries reset their state in a forked child
+    (Zarr's loop, logging's locks). A worker that dies (the out-of-memory killer) breaks the
+    pool (``BrokenProcessPool``) rather than hanging it.
     """
-    before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(
-        max_workers=n,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_init_worker,
-        initargs=(os.getpid(),),
-    )
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.executor: ProcessPoolExecutor | None = None
+        self.workers: list[multiprocessing.process.BaseProcess] = []
+
+    def start(self) -> ProcessPoolExecutor:
+        """Fork the workers; return the executor dask runs tasks on."""
+        before = set(multiprocessing.active_children())
+        self.executor = ProcessPoolExecutor(
+            max_workers=self.n,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
+        )
+        # The workers are the children this process gained while the pool started.
+        try:
+            for future in [self.executor.submit(_worker_ready) for _ in range(self.n)]:
+                future.result()
+        finally:
+            self.workers = [p for p in multiprocessing.active_children() if p not in before]
+        return self.executor
+
+    def death(self) -> str:
+        """Which worker ended and how (``worker 1234 killed by SIGKILL``), after one died.
+
+        The broken pool terminates (SIGTERM) the workers still alive; those are not named.
+        """
+        for process in self.workers:
+            process.join(_WORKER_EXIT_TIMEOUT_S)
+        ended = [p for p in self.workers if p.exitcode is not None]
+        died = [p for p in ended if p.exitcode != -signal.SIGTERM] or ended
+        if not died:
+            return "ended abruptly"
+        return ", ".join(f"worker {p.pid} {_exit_description(p.exitcode)}" for p in died)
+
+    def replace(self) -> ProcessPoolExecutor:
+        """Stop every worker of the broken pool and fork a fresh one."""
+        self.stop_now()
+        return self.start()
+
+    def stop_now(self) -> None:
+        """Drop queued tasks and terminate the workers, without waiting for running tasks (a
+        drizzle can take minutes: Ctrl-C and SIGTERM must not wait for it)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        _terminate(self.workers)
+
+    def close(self) -> None:
+        """Let the workers finish and end (after a successful run)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _started_process_pool(n: int) -> Iterator[WorkerPool]:
+    """A :class:`WorkerPool` for one run; its workers are terminated at once after an error or
+    interrupt."""
+    pool = WorkerPool(n)
     try:
-        for future in [pool.submit(_worker_ready) for _ in range(n)]:
-            future.result()
-        workers = [p for p in multiprocessing.active_children() if p not in before]
+        pool.start()
         yield pool
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        _terminate(workers if "workers" in locals() else [])
+        pool.stop_now()
         raise
-    pool.shutdown(wait=True)
+    pool.close()
 
 
 #: Seconds a terminated worker process gets to exit before it is killed.
@@ -234,6 +361,31 @@ def _terminate(workers: list[multiprocessing.process.BaseProcess]) -> None:
         if process.is_alive():
             process.kill()
             process.join(_WORKER_EXIT_TIMEOUT_S)
+
+
+async def _close_nannies_killing_workers(nannies: list[Any]) -> None:
+    """Close ``nannies`` (distributed ``Nanny`` objects), their worker processes killed at once.
+
+    A worker running a task (the compiled drizzle holds the GIL) does not answer its nanny's
+    request to close, and the nanny waits 4 s before it kills the process. Each nanny is
+    closing (so it will not start a new worker) before its worker is killed here.
+    """
+    closing = [asyncio.ensure_future(nanny.close()) for nanny in nannies]
+    await asyncio.sleep(0)  # every close has begun: the nannies are in their closing state
+    for nanny in nannies:
+        with contextlib.suppress(TypeError, ProcessLookupError):  # pid None: no process
+            os.kill(nanny.pid, signal.SIGKILL)
+    await asyncio.gather(*closing, return_exceptions=True)
+
+
+def _stop_cluster_now(cluster: Any, client: Any) -> None:
+    """Stop this run's ``LocalCluster`` at once after an error or interrupt: its tasks
+    cancelled, its worker processes killed (waiting for a running task could take minutes)."""
+    # Workers first: a worker told that its tasks were cancelled logs a warning for each.
+    with contextlib.suppress(Exception):
+        cluster.sync(_close_nannies_killing_workers, list(cluster.workers.values()))
+    with contextlib.suppress(Exception):
+        client.close()
 
 
 def resolve_security(params: OutlierParameters, security: Any = None) -> Any:
@@ -284,11 +436,16 @@ def _distributed_runner(
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",
                 local_directory=spill_dir,
+                preload=["outlier_dask.runtime.cluster_worker"],
             ) as cluster,
             Client(cluster) as client,
         ):
             log.info("dask dashboard: %s", client.dashboard_link)
-            yield Runner("distributed", n, {"scheduler": client}, client)
+            try:
+                yield Runner("distributed", n, {"scheduler": client}, client)
+            except BaseException:
+                _stop_cluster_now(cluster, client)
+                raise
         return
     security = resolve_security(params, security)
     with Client(params.scheduler, timeout="10s", security=security) as client:

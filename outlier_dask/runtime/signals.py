@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -34,12 +35,17 @@ def _replaceable(signum: int, current: object) -> bool:
 
 
 @contextlib.contextmanager
-def interrupted_by_signals() -> Iterator[None]:
+def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise KeyboardInterrupt once, then are ignored.
 
     Outside the main thread (where Python cannot set handlers) this does nothing. Processes
     forked inside the block (worker pools) inherit the handler; in them it behaves as the
     default would (SIGTERM ends the process at once), so a pool can still terminate them.
+
+    ``announce`` logs a warning when the first signal arrives. The command turns it off: it
+    reports the interrupt in its own one line, and owns its process, so from the first signal on
+    no log record is shown (the libraries' complaints about work being stopped under them,
+    e.g. a cluster's scheduler losing its workers); a second signal is still reported.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -57,10 +63,17 @@ def interrupted_by_signals() -> Iterator[None]:
             raise KeyboardInterrupt
         name = signal.Signals(signum).name
         if stopping.is_set():
-            log.warning("%s received again: still cleaning up (SIGKILL stops at once)", name)
+            again = f"{name} received again: still cleaning up (SIGKILL stops at once)"
+            if announce:
+                log.warning(again)
+            else:
+                sys.stderr.write(again + "\n")
             return
         stopping.set()
-        log.warning("%s received: stopping and cleaning up", name)
+        if announce:
+            log.warning("%s received: stopping and cleaning up", name)
+        else:
+            logging.disable(logging.CRITICAL)
         raise KeyboardInterrupt(name)
 
     previous = {}

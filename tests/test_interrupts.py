@@ -1,0 +1,241 @@
+"""Ctrl-C and SIGTERM at any moment of ``outlier-dask run``: from its first line (the imports,
+the planning) and on a ``local-cluster``, one line, exit status 130 or 143, and nothing left
+behind: no product, no scratch, no process, no semaphore or shared memory in ``/dev/shm``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from outlier_dask.synthetic import write_association
+
+#: A generous bound on the time to stop, that only catches a hang (the figures are in the
+#: report of the run, not asserted).
+HANG_S = 20.0
+
+#: Installed as ``sitecustomize``: with ``OD_TEST_SLOW_DRIZZLE`` set, each group task
+#: announces itself on stderr and sleeps, so a signal can be sent while the stage runs.
+SLOW_DRIZZLE_HOOK = """
+import os
+
+if os.environ.get("OD_TEST_SLOW_DRIZZLE"):
+    import importlib
+    import sys
+    import time
+
+    importlib.import_module("outlier_dask.api")
+    _tasks = importlib.import_module("outlier_dask.engine.tasks")
+    _original = _tasks.build_group_mosaic
+
+    def _slow(*args, **kwargs):
+        print(f"OD-TEST-HOOK drizzle pid={os.getpid()}", file=sys.stderr, flush=True)
+        time.sleep(300)
+        return _original(*args, **kwargs)
+
+    _tasks.build_group_mosaic = _slow
+"""
+
+
+@pytest.fixture(scope="module")
+def association(tmp_path_factory):
+    return write_association(
+        tmp_path_factory.mktemp("interrupts") / "data",
+        n_exposures=3,
+        n_detectors=1,
+        detector_shape=(64, 64),
+        seed=3,
+    )
+
+
+def _command() -> list[str]:
+    """The installed console script (what a user runs), else ``python -m outlier_dask``."""
+    script = Path(sys.executable).with_name("outlier-dask")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "outlier_dask"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Processes started by ``pid`` and by them, now."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _shared_memory_of(pids: set[int]) -> set[str]:
+    """Names of the ``/dev/shm`` objects (semaphores, segments) mapped by ``pids``."""
+    names = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        names |= {
+            line.split("/dev/shm/")[1].split()[0]
+            for line in maps.splitlines()
+            if "/dev/shm/" in line
+        }
+    return names
+
+
+def _signal_set(pid: int, field: str, signum: int) -> bool:
+    """Whether ``signum`` is in the process's ``SigCgt`` (caught) or ``SigIgn`` (ignored)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line for line in status.splitlines() if line.startswith(field)).split()[1], 16)
+    return bool(mask & (1 << (signum - 1)))
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (the command's, once installed)."""
+    return _signal_set(pid, "SigCgt", signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+class _Run:
+    """``outlier-dask run`` in its own process group, its stderr collected by a thread."""
+
+    def __init__(self, association, tmp_path: Path, extra: list[str], env: dict[str, str]):
+        self.out, self.work = tmp_path / "out", tmp_path / "work"
+        self.work.mkdir()
+        command = [*_command(), "run", str(association.asn_path), "--output-dir", str(self.out)]
+        command += ["--work-dir", str(self.work), "--n-workers", "2", *extra]
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a terminal's foreground group, signalled as a whole
+        )
+        self.lines: list[str] = []
+        self.marked = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "OD-TEST-HOOK" in line:
+                self.marked.set()
+
+    def signal_and_wait(self, signum: int, group: bool) -> tuple[int, float, set[int], set[str]]:
+        """Send ``signum`` (to the whole group, as a terminal's Ctrl-C, or to the command
+        only); return the status, the seconds to exit, and the processes and ``/dev/shm``
+        objects the run had when signalled."""
+        pids = _descendants(self.process.pid) | {self.process.pid}
+        shm = _shared_memory_of(pids)
+        sent = time.perf_counter()
+        if group:
+            os.killpg(self.process.pid, signum)
+        else:
+            self.process.send_signal(signum)
+        try:
+            status = self.process.wait(HANG_S)
+        finally:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return status, time.perf_counter() - sent, pids - {self.process.pid}, shm
+
+    def stderr(self) -> str:
+        self.reader.join(HANG_S)
+        return "".join(self.lines)
+
+
+def _assert_nothing_left(run: _Run, children: set[int], shm: set[str]) -> None:
+    deadline = time.monotonic() + HANG_S
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The run's processes, multiprocessing's resource tracker included (it removes the
+    # semaphores of processes that were killed), have all ended.
+    assert not [pid for pid in children if _alive(pid)], "processes outlived the run"
+    assert sorted(name for name in shm if Path("/dev/shm", name).exists()) == []
+    assert not run.out.exists() or sorted(run.out.iterdir()) == []
+    assert sorted(run.work.iterdir()) == []
+
+
+def _messages(stderr: str) -> list[str]:
+    """stderr without the run's log records and the test hook's markers."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and " INFO " not in line and "OD-TEST-HOOK" not in line
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("moment", ["first", 0.3], ids=["handlers-installed", "after-0.3s"])
+def test_a_signal_during_start_up_ends_the_command_with_one_line(
+    association, tmp_path, signum, moment
+):
+    """``first``: the moment the command's handlers exist (polled from /proc, ~0.1 s after
+    the start here); before that only the interpreter's start-up and the entry module's
+    import run. Either way the command is still importing numpy, jwst and dask."""
+    run = _Run(association, tmp_path, [], {})
+    if moment == "first":
+        deadline = time.monotonic() + HANG_S
+        while not _catches_sigterm(run.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    else:
+        time.sleep(moment)
+    status, _, children, shm = run.signal_and_wait(signum, group=True)
+    stderr = run.stderr()
+    assert status == 128 + signum, stderr
+    assert _messages(stderr) == [f"outlier-dask: interrupted ({signal.Signals(signum).name})"]
+    _assert_nothing_left(run, children, shm)
+
+
+@pytest.mark.slow
+def test_a_local_cluster_run_stopped_by_sigterm_stops_its_workers_at_once(association, tmp_path):
+    """SIGTERM to the whole process group (as ``kill -TERM -<pgid>`` and batch systems send it):
+    the cluster's workers die of it, the command stops the cluster without waiting for them."""
+    signum, group = signal.SIGTERM, True
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_DRIZZLE_HOOK)
+    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    env = {"PYTHONPATH": path, "OD_TEST_SLOW_DRIZZLE": "1"}
+    run = _Run(association, tmp_path, ["--scheduler", "local-cluster"], env)
+    assert run.marked.wait(120), "the drizzle stage never started:\n" + "".join(run.lines)
+    time.sleep(0.3)  # let the other worker pick up its task
+    workers = [
+        pid
+        for pid in _descendants(run.process.pid)
+        if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    # A terminal's Ctrl-C reaches them too: they leave it to the command (a preload).
+    assert len(workers) == 2
+    assert all(_signal_set(pid, "SigIgn", signal.SIGINT) for pid in workers)
+    status, _, children, shm = run.signal_and_wait(signum, group=group)
+    stderr = run.stderr()
+    assert status == 128 + signum, stderr
+    assert _messages(stderr) == [f"outlier-dask: interrupted ({signal.Signals(signum).name})"]
+    assert children, "the cluster's worker processes were not seen"
+    _assert_nothing_left(run, children, shm)
