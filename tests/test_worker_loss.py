@@ -88,7 +88,7 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_flags_equal_a_clean_run(
         monkeypatch.setattr(tasks, "build_group_mosaic", patched)
     else:  # killed mid-write: its temporary file stays behind, the product is not written
         patched = _killed_once(
-            api.write_flagged_fits, marker, partial_of=lambda source, mask, final: final
+            api.write_flagged_fits, marker, partial_of=lambda source, mask, final, **_: final
         )
         monkeypatch.setattr(api, "write_flagged_fits", patched)
     out = tmp_path / "out"
