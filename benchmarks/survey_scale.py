@@ -342,32 +342,36 @@ def run_series(args: argparse.Namespace, root: Path) -> list[dict]:
     return results
 
 
-def run_mosaic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """The 72-input 2048² mosaic: defaults against jwst, then on a two-worker cluster."""
+def run_mosaic(args: argparse.Namespace, root: Path, out: dict[str, Any]) -> None:
+    """The 72-input 2048² mosaic: defaults, on a two-worker cluster, then jwst (into ``out``).
+
+    jwst, the longest, runs last, so that an interrupted invocation still reports the rest.
+    """
     shape = (args.mosaic_detector, args.mosaic_detector)
     asn = make_mosaic(root / "mosaic-data", "mosaic", detector_shape=shape, **MOSAIC)
-    out: dict[str, Any] = {}
+    if "mosaic" in args.parts:
+        out["ours"] = measure("ours", asn, root, [], timeout=args.timeout, label="mosaic-od")
+    if "cluster" in args.parts:
+        out["cluster"] = run_cluster(args, root, asn, out.get("ours", {}).get("masks"))
     if "mosaic" in args.parts:
         jwst = measure("jwst", asn, root, [], timeout=args.timeout, label="mosaic-jwst")
         out["jwst"] = jwst
+        if jwst.get("masks") and out["ours"].get("masks"):
+            out["ours"]["jaccard"], out["ours"]["differing"] = compare_masks(
+                out["ours"]["masks"], jwst["masks"]
+            )
         if args.jwst_in_memory:
             out["jwst_in_memory"] = measure(
-                "jwst", asn, root, ["in_memory=True"], timeout=args.timeout, label="mosaic-jwst-mem"
+                "jwst",
+                asn,
+                root,
+                ["in_memory=True"],
+                timeout=args.timeout,
+                reference=jwst.get("masks"),
+                label="mosaic-jwst-mem",
             )
-        out["ours"] = measure(
-            "ours",
-            asn,
-            root,
-            [],
-            timeout=args.timeout,
-            reference=jwst.get("masks"),
-            label="mosaic-od",
-        )
-    if "cluster" in args.parts:
-        out["cluster"] = run_cluster(args, root, asn, out.get("ours", {}).get("masks"))
     if not args.keep:
         shutil.rmtree(root / "mosaic-data", ignore_errors=True)
-    return out
 
 
 def run_cluster(args: argparse.Namespace, root: Path, asn: Path, local: dict | None) -> dict:
@@ -411,6 +415,10 @@ def _gib(n: float | None) -> str:
     return "-" if n is None or n < 0 else f"{n / GIB:.2f}"
 
 
+def _plan(run: dict) -> str:
+    return f"{run['timings']['plan']:.1f}" if "plan" in run.get("timings", {}) else "-"
+
+
 def _jaccard(run: dict) -> str:
     return f"{run['jaccard']:.6f}" if "jaccard" in run else "-"
 
@@ -423,10 +431,11 @@ def series_table(series: list[dict], budget: str) -> str:
     """The series as Markdown: one row per size."""
     lines = [
         "| inputs | defaults wall s | s / input | plan s | CPU s | peak RSS GiB "
-        f"| scratch written GiB | {budget} wall s | {budget} peak RSS GiB "
-        f"| {budget} cgroup peak GiB (limit) | jwst in_memory=False wall s | jwst peak RSS GiB "
+        f"| scratch written GiB | {budget} wall s | {budget} s / input | {budget} plan s "
+        f"| {budget} peak RSS GiB | {budget} cgroup peak GiB (limit) "
+        f"| {budget} scratch written GiB | jwst in_memory=False wall s | jwst peak RSS GiB "
         "| jwst / defaults | Jaccard |",
-        "|" + "---|" * 14,
+        "|" + "---|" * 17,
     ]
     for entry in series:
         ours, budget_run, jwst = entry["ours"], entry["budget"], entry.get("jwst")
@@ -444,10 +453,17 @@ def series_table(series: list[dict], budget: str) -> str:
         )
         if budget_run.get("oom_kills"):
             cgroup += f", {budget_run['oom_kills']} killed"
+        budget_ok = budget_run["status"] == 0
+        budget_per_input = f"{budget_run['wall_s'] / n:.2f}" if budget_ok else "-"
         lines.append(
-            f"| {n} | {_seconds(ours)} | {per_input} | {ours['timings'].get('plan', 0):.1f} "
-            f"| {ours['cpu_s']:.0f} | {_gib(ours['peak_rss'])} | {_gib(ours['scratch_written'])} "
-            f"| {_seconds(budget_run)} | {_gib(budget_run['peak_rss'])} | {cgroup} "
+            f"| {n} | {_seconds(ours)} | {per_input} | {_plan(ours)} "
+            f"| {ours['cpu_s']:.0f} | {_gib(ours['peak_rss']) if ok else 'failed'} "
+            f"| {_gib(ours['scratch_written']) if ok else '-'} "
+            f"| {_seconds(budget_run)} "
+            f"| {budget_per_input} "
+            f"| {_plan(budget_run)} "
+            f"| {_gib(budget_run['peak_rss'])} | {cgroup} "
+            f"| {_gib(budget_run['scratch_written']) if budget_ok else '-'} "
             f"| {_seconds(jwst)} | {_gib(jwst['peak_rss']) if jwst else '-'} | {ratio} "
             f"| {_jaccard(ours) if jwst else '-'} |"
         )
@@ -472,7 +488,7 @@ def mosaic_table(mosaic: dict) -> str:
                 f"| {name} | {_seconds(run)} | {run['cpu_s']:.0f} | {_gib(run['peak_rss'])} "
                 f"| {_gib(run['scratch_written'])} | {_jaccard(run)} |"
             )
-    if mosaic.get("jwst") and mosaic.get("ours") and mosaic["ours"]["status"] == 0:
+    if mosaic.get("jwst", {}).get("status") == 0 and mosaic.get("ours", {}).get("status") == 0:
         ratio = mosaic["jwst"]["wall_s"] / mosaic["ours"]["wall_s"]
         lines += ["", f"jwst in_memory=False / outlier_dask defaults, wall: {ratio:.1f}x"]
     cluster = mosaic.get("cluster")
@@ -628,20 +644,22 @@ def main(argv: list[str] | None = None) -> int:
         if "series" in args.parts:
             results["series"] = run_series(args, root)
         if "mosaic" in args.parts or "cluster" in args.parts:
-            results["mosaic"] = run_mosaic(args, root)
+            results["mosaic"] = {}
+            run_mosaic(args, root, results["mosaic"])
     finally:
+        # also after Ctrl-C: what was measured is saved and reported
         saved = root.parent / f"{root.name}-results.json"
         saved.write_text(json.dumps(_strip_masks(results), indent=1, default=str))
         print(f"results in {saved}")
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    sections = report_sections(args, results)
-    for part, text in sections.items():
-        print(text + "\n")
-        if args.write_docs:
-            write_docs(part, text)
-    if args.write_docs and results.get("series"):
-        write_figure(results["series"], FIGURE)
+        sections = report_sections(args, results)
+        for part, text in sections.items():
+            print(text + "\n")
+            if args.write_docs:
+                write_docs(part, text)
+        if args.write_docs and results.get("series"):
+            write_figure(results["series"], FIGURE)
     return 0
 
 
