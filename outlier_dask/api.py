@@ -30,7 +30,13 @@ from outlier_dask.io.association import (
     read_association,
 )
 from outlier_dask.io.flagged_fits import write_flagged_fits
-from outlier_dask.io.members import Member, members_from_files, members_from_models, stem_of
+from outlier_dask.io.members import (
+    Member,
+    load_asdf_extensions,
+    members_from_files,
+    members_from_models,
+    stem_of,
+)
 from outlier_dask.io.outputs import (
     apply_outlier_mask,
     blot_path_for,
@@ -153,6 +159,7 @@ def _resolve_inputs(
                 raise AssociationError(f"{p}: input file not found")
         entries = [AssociationMember(p.resolve()) for p in paths]
         product = product_name_for_files([stem_of(p.name) for p in paths])
+    load_asdf_extensions()  # before any worker forks
     with reading_map(params or OutlierParameters(), len(entries)) as mapper:
         return product, members_from_files(entries, mapper), True
 

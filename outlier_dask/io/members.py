@@ -334,6 +334,16 @@ def _member_from_fields(
     )
 
 
+def load_asdf_extensions() -> int:
+    """Load asdf's installed extensions now; returns how many there are.
+
+    asdf finds and loads them (entry points, manifests) on the first file it opens, about half
+    a second. Loaded before worker processes are forked (readers, the run's workers, which
+    write the products' ASDF trees), they are loaded once, not once per worker.
+    """
+    return len(asdf.get_config().extensions)
+
+
 def members_from_files(
     entries: Sequence[AssociationMember],
     mapper: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map,
