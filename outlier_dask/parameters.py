@@ -424,6 +424,16 @@ class OutlierParameters:
         """A copy with some values changed (and validated again)."""
         return dataclasses.replace(self, **changes)
 
+    @property
+    def flag_values(self) -> dict[str, Any]:
+        """The value of each of :data:`FLAG_PARAMETERS`, the detection pieces resolved."""
+        return {
+            name: self.detection_piece(name)
+            if name in DETECTION_PIECES[self.detection]
+            else getattr(self, name)
+            for name in FLAG_PARAMETERS
+        }
+
     def detection_piece(self, name: str) -> Any:
         """The value of one piece of the outlier rule: set explicitly, or from ``detection``."""
         value = getattr(self, name)
@@ -455,6 +465,27 @@ REFERENCE_PARAMETERS = (
     "in_memory",
     "pixmap_stepsize",
     "pixmap_order",
+)
+
+#: The parameters the flags depend on (what a product records of the run that made it): the
+#: reference's flag parameters, the pixel map's and this project's detection rule.
+FLAG_PARAMETERS = (
+    "weight_type",
+    "pixfrac",
+    "kernel",
+    "fillval",
+    "maskpt",
+    "snr",
+    "scale",
+    "backg",
+    "resample_data",
+    "good_bits",
+    "pixmap_stepsize",
+    "pixmap_order",
+    "pixmap_tolerance",
+    "detection",
+    "nhigh_groups",
+    "source_fraction",
 )
 
 #: The parameters of a run by name: the init fields of :class:`OutlierParameters`, in order.

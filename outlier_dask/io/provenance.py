@@ -53,22 +53,6 @@ __all__ = [
 SOFTWARE_NAME = "outlier_dask"
 #: Longest text of one FITS HISTORY card (80 columns less the keyword's 8).
 HISTORY_CARD_CHARS = 72
-#: Parameters recorded in a product: those the flags depend on.
-RECORDED_PARAMETERS = (
-    "weight_type",
-    "pixfrac",
-    "kernel",
-    "fillval",
-    "maskpt",
-    "snr",
-    "scale",
-    "backg",
-    "resample_data",
-    "good_bits",
-    "pixmap_stepsize",
-    "pixmap_order",
-    "pixmap_tolerance",
-)
 
 _STATUS_KEYWORD = "S_OUTLIR"
 _ASDF_TAG = "tag:stsci.edu:asdf/"
@@ -98,7 +82,7 @@ def provenance_history(params: OutlierParameters) -> tuple[str, ...]:
     Parameters
     ----------
     params : OutlierParameters
-        The run's parameters; those of :data:`RECORDED_PARAMETERS` are recorded.
+        The run's parameters; its :attr:`~OutlierParameters.flag_values` are recorded.
 
     Returns
     -------
@@ -110,8 +94,8 @@ def provenance_history(params: OutlierParameters) -> tuple[str, ...]:
     lines = [f"{SOFTWARE_NAME} {_version()}: outlier_detection (imaging)"]
     prefix = f"{SOFTWARE_NAME} parameters:"
     line = prefix
-    for name in RECORDED_PARAMETERS:
-        pair = f"{name}={_history_value(getattr(params, name))}"
+    for name, value in params.flag_values.items():
+        pair = f"{name}={_history_value(value)}"
         if len(line) + 1 + len(pair) > HISTORY_CARD_CHARS:
             lines.append(line)
             line = prefix

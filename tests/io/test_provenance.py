@@ -79,7 +79,12 @@ def test_history_records_tool_version_and_parameters():
     text = " ".join(history)
     for pair in ("snr='4.5 3.5'", "pixfrac=0.8", "scale='1.2 0.7'", "good_bits=~DO_NOT_USE"):
         assert pair in text
+    for pair in ("detection=reference", "nhigh_groups=0", "source_fraction=0.0"):
+        assert pair in text.split()
     assert max(len(line) for line in history) <= HISTORY_CARD_CHARS
+    robust = " ".join(provenance_history(PARAMS.replace(detection="robust", nhigh_groups=3)))
+    for pair in ("detection=robust", "nhigh_groups=3", "source_fraction=0.2"):
+        assert pair in robust.split()
 
 
 def test_products_agree_in_tree_and_headers(association):
