@@ -127,15 +127,7 @@ def _mapped_window(
 ) -> Window | None:
     """The rectangle of the grid an input window maps into, plus ``margin`` pixels, clipped
     to the grid (None if it maps nowhere on it)."""
-    bounds = _mapped_bounds(pixel_map, window, margin)
-    if bounds is None:
-        return None
-    (y0, y1), (x0, x1) = bounds
-    gy, gx = grid_shape
-    y0, y1, x0, x1 = max(0, y0), min(gy, y1), max(0, x0), min(gx, x1)
-    if y0 >= y1 or x0 >= x1:
-        return None
-    return (y0, y1), (x0, x1)
+    return _clipped(_mapped_bounds(pixel_map, window, margin), grid_shape)
 
 
 def _mapped_bounds(pixel_map: PixelMap, window: Window, margin: int) -> Window | None:
@@ -150,13 +142,16 @@ def _mapped_bounds(pixel_map: PixelMap, window: Window, margin: int) -> Window |
     )
 
 
-def _outline_inside_grid(pixel_map: PixelMap, shape: tuple[int, int], grid_shape) -> bool:
-    """Whether a whole input's outline, with the region margin, lies inside the grid (and so
-    inside its group's region, where drizzle then clips nothing of it)."""
-    bounds = _mapped_bounds(pixel_map, ((0, shape[0]), (0, shape[1])), REGION_MARGIN_PX)
+def _clipped(bounds: Window | None, grid_shape: tuple[int, int]) -> Window | None:
+    """``bounds`` cut to the grid (None if nothing of it is on the grid)."""
     if bounds is None:
-        return False
-    return contains(((0, grid_shape[0]), (0, grid_shape[1])), bounds)
+        return None
+    (y0, y1), (x0, x1) = bounds
+    gy, gx = grid_shape
+    y0, y1, x0, x1 = max(0, y0), min(gy, y1), max(0, x0), min(gx, x1)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return (y0, y1), (x0, x1)
 
 
 def _blocks_of(
@@ -216,18 +211,19 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
         log.debug("%s: pixel map by %s, max error %.2g px", m.name, pm.method, pm.max_error_px)
     groups = []
     for group_id, indices in _groups_in_order(members).items():
-        regions = []
+        regions, inside = [], []
         for i in indices:
             ny, nx = members[i].shape
-            whole = ((0, ny), (0, nx))
-            region = _mapped_window(pixel_maps[i], whole, grid_shape, REGION_MARGIN_PX)
+            outline = _mapped_bounds(pixel_maps[i], ((0, ny), (0, nx)), REGION_MARGIN_PX)
+            # With the margin inside the grid, drizzle clips nothing of the member's outline.
+            inside.append(
+                outline is not None and contains(((0, grid_shape[0]), (0, grid_shape[1])), outline)
+            )
+            region = _clipped(outline, grid_shape)
             if region is not None:
                 regions.append(region)
         region = union(regions) if regions else ((0, 0), (0, 0))
-        inside = tuple(
-            _outline_inside_grid(pixel_maps[i], members[i].shape, grid_shape) for i in indices
-        )
-        groups.append(GroupPlan(group_id, tuple(indices), region, inside))
+        groups.append(GroupPlan(group_id, tuple(indices), region, tuple(inside)))
     blocks = [
         b
         for m in members
