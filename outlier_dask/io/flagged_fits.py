@@ -4,7 +4,7 @@ Opening a product with stdatamodels and saving it again reads every array, valid
 schema twice and rebuilds every header. Here the input's bytes are reused, the six arrays get
 the outlier update (the kernels of algorithm.md §1.11), and what the product says about itself
 (its name, date, ``meta.cal_step.outlier_detection``, the tool, version and parameters that
-made it, the hash of its headers) is written by :mod:`outlier_dask.io.provenance` into the
+made it) is written by :mod:`outlier_dask.io.provenance` into the
 primary header and into the embedded ASDF tree alike, so every reader (asdf, stdatamodels,
 archives) sees the same product.
 
@@ -79,7 +79,6 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
-from stdatamodels.fits_support import fits_hash
 
 from outlier_dask.io.outputs import atomic_path
 from outlier_dask.io.provenance import (
@@ -254,8 +253,7 @@ def _byte_layout(source: Path, mask: np.ndarray | None, record: ProductRecord) -
             with open(source, "rb") as raw:
                 raw.seek(asdf_bytes[0])
                 content = raw.read(asdf_bytes[1])
-            new_hash = fits_hash(fits.HDUList([fits.PrimaryHDU(header=header), *hdul[1:]]))
-            extension = _asdf_extension(record_in_tree(content, record, new_hash))
+            extension = _asdf_extension(record_in_tree(content, record))
             asdf_hdu = extension.header.tostring().encode("ascii") + _padded(extension.data)
             body_end = hdul.fileinfo(n_hdus - 1)["hdrLoc"]
     return _Layout(header.tostring().encode("ascii"), body_start, body_end, arrays, asdf_hdu)
@@ -499,10 +497,6 @@ def _write_flagged_fits_astropy(
 
 
 def _append_asdf_extension(path: Path, content: bytes, record: ProductRecord) -> None:
-    """Append the ASDF extension, its tree updated with ``record`` and the file's header hash.
-
-    The hash is taken of the headers as written (astropy adds BZERO to DQ, for instance), which
-    are the ones stdatamodels hashes when it reads the product.
-    """
+    """Append the ASDF extension, its tree updated with ``record``."""
     with fits.open(path, mode="append") as hdul:
-        hdul.append(_asdf_extension(record_in_tree(content, record, fits_hash(hdul))))
+        hdul.append(_asdf_extension(record_in_tree(content, record)))

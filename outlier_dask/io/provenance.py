@@ -1,11 +1,10 @@
 """What a ``_crf`` product records about how it was made, in its headers and its ASDF tree.
 
 A JWST FITS product carries its metadata twice: as primary-header keywords and in the embedded
-ASDF tree (the ``ASDF`` extension), with a hash of the headers stored in the tree
-(``_fits_hash``). stdatamodels trusts the tree when the hash matches the headers and falls back
-to the headers when it does not, but any other reader (``asdf``, archives, provenance checks)
-sees only the tree. This module is the one place that decides what a product says about itself,
-and it says it in both places:
+ASDF tree (the ``ASDF`` extension). stdatamodels reads the headers over the tree (it skips them
+only when the tree holds a hash of these very headers, which this writer does not compute), but
+any other reader (``asdf``, archives, provenance checks) sees only the tree. This module is the
+one place that decides what a product says about itself, and it says it in both places:
 
 - ``meta.filename`` / ``FILENAME``: the product's own name;
 - ``meta.date`` / ``DATE``: when the product was written (UTC, ISO 8601, as stdatamodels writes
@@ -14,14 +13,17 @@ and it says it in both places:
 - ``history.entries`` / ``HISTORY`` cards: the tool, its version and the parameters that made
   the flags (:func:`provenance_history`), one entry per card, each short enough for one card
   (stdatamodels turns every ``HISTORY`` card into one entry when it reads the file);
-- ``_fits_hash``: the hash of the product's headers, so stdatamodels reads the tree as it is.
+- ``_fits_hash``: removed. The input's hash no longer matches the new headers, and computing
+  the new one needs stdatamodels' non-public hash function; without it stdatamodels reads the
+  headers, which say the same as the tree.
 
 The tree is rewritten without building any of its objects: it is read as tagged YAML
-(:func:`asdf.util.load_yaml`), the few values above are set, and it is dumped again with asdf's
-YAML dumper. The binary blocks that follow the tree (arrays of the WCS) are copied unchanged;
-they are referred to by their order, not by their place, so the longer tree does not move them
-in any way a reader notices. The block index at the very end (optional in the ASDF standard)
-is dropped, because its offsets would no longer be right.
+(:func:`asdf.util.load_yaml`), the few values above are set, and it is dumped again by PyYAML
+with representers for asdf's tagged types (:mod:`asdf.tagged`). The binary blocks that follow
+the tree (arrays of the WCS) are copied unchanged; they are referred to by their order, not by
+their place, so the longer tree does not move them in any way a reader notices. The block
+index at the very end (optional in the ASDF standard) is dropped, because its offsets would no
+longer be right.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from typing import Any
 
 import asdf.tagged
 import asdf.util
+import numpy as np
 import yaml
-from asdf.yamlutil import AsdfDumper
 from astropy.io import fits
 from astropy.time import Time
 
@@ -134,7 +136,7 @@ def record_in_header(header: fits.Header, record: ProductRecord) -> None:
         header.add_history(entry)
 
 
-def record_in_tree(asdf_bytes: bytes, record: ProductRecord, fits_hash: str) -> bytes:
+def record_in_tree(asdf_bytes: bytes, record: ProductRecord) -> bytes:
     """The embedded ASDF file ``asdf_bytes`` with the record written into its tree.
 
     Parameters
@@ -144,9 +146,8 @@ def record_in_tree(asdf_bytes: bytes, record: ProductRecord, fits_hash: str) -> 
         binary blocks, optional block index).
     record : ProductRecord
         Values to set: ``meta.filename``, ``meta.date``, ``meta.cal_step.outlier_detection``,
-        and history entries appended to ``history.entries``.
-    fits_hash : str
-        The product's header hash as stdatamodels computes it (``_fits_hash``).
+        and history entries appended to ``history.entries``. The input's ``_fits_hash``
+        (stale once the headers change) is removed.
 
     Returns
     -------
@@ -168,11 +169,11 @@ def record_in_tree(asdf_bytes: bytes, record: ProductRecord, fits_hash: str) -> 
     cal_step = meta.setdefault("cal_step", {})
     cal_step["outlier_detection"] = record.status
     _append_history(tree, record.history, Time(record.date).datetime)
-    tree["_fits_hash"] = fits_hash
+    tree.pop("_fits_hash", None)
     header_end = asdf_bytes.index(b"%YAML")
     dumped = yaml.dump_all(
         [tree],
-        Dumper=AsdfDumper,
+        Dumper=_TaggedTreeDumper,
         explicit_start=True,
         explicit_end=True,
         version=(1, 1),
@@ -185,6 +186,44 @@ def record_in_tree(asdf_bytes: bytes, record: ProductRecord, fits_hash: str) -> 
     if index_at >= 0:
         blocks = blocks[:index_at]
     return asdf_bytes[:header_end] + dumped + blocks
+
+
+class _TaggedTreeDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """PyYAML's safe dumper that writes asdf's tagged values with their tags.
+
+    A tree read with ``asdf.util.load_yaml(..., tagged=True)`` holds plain YAML values and
+    :mod:`asdf.tagged` wrappers around mappings, sequences and strings; each is written as the
+    plain value with its tag. Collections of two or fewer levels go in flow style, as asdf
+    writes them (``default_flow_style=None``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["default_flow_style"] = None
+        super().__init__(*args, **kwargs)
+
+
+def _represent_tagged_mapping(dumper: yaml.SafeDumper, value: asdf.tagged.TaggedDict) -> Any:
+    return dumper.represent_mapping(asdf.tagged.get_tag(value), dict(value))
+
+
+def _represent_tagged_sequence(dumper: yaml.SafeDumper, value: asdf.tagged.TaggedList) -> Any:
+    return dumper.represent_sequence(asdf.tagged.get_tag(value), list(value))
+
+
+def _represent_tagged_string(dumper: yaml.SafeDumper, value: asdf.tagged.TaggedString) -> Any:
+    return dumper.represent_scalar(asdf.tagged.get_tag(value), str(value))
+
+
+_TaggedTreeDumper.add_representer(asdf.tagged.TaggedDict, _represent_tagged_mapping)
+_TaggedTreeDumper.add_representer(asdf.tagged.TaggedList, _represent_tagged_sequence)
+_TaggedTreeDumper.add_representer(asdf.tagged.TaggedString, _represent_tagged_string)
+# Values set from numpy (a history time, a count) are written as the Python numbers they hold.
+_TaggedTreeDumper.add_multi_representer(
+    np.floating, lambda dumper, value: dumper.represent_float(float(value))
+)
+_TaggedTreeDumper.add_multi_representer(
+    np.integer, lambda dumper, value: dumper.represent_int(int(value))
+)
 
 
 def _tree_end(asdf_bytes: bytes) -> int:

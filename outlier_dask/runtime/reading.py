@@ -15,7 +15,7 @@ from typing import Any
 
 from outlier_dask.engine.budget import default_workers
 from outlier_dask.parameters import OutlierParameters
-from outlier_dask.runtime.schedulers import _started_process_pool
+from outlier_dask.runtime.schedulers import started_process_pool
 
 __all__ = ["MEMBERS_PER_READER", "reading_map"]
 
@@ -37,5 +37,5 @@ def reading_map(params: OutlierParameters, n_members: int) -> Iterator[Mapper]:
     if params.scheduler in ("synchronous", "threads") or n < 2:
         yield map
         return
-    with _started_process_pool(n) as pool:
+    with started_process_pool(n) as pool:
         yield partial(pool.executor.map, chunksize=max(1, n_members // (4 * n)))

@@ -41,6 +41,7 @@ __all__ = [
     "client_ssl_context",
     "resolve_security",
     "start_runner",
+    "started_process_pool",
 ]
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def start_runner(
         with _started_thread_pool(n) as pool:
             yield Runner(kind, n, {"scheduler": dask.threaded.get, "pool": pool})
     elif kind == "processes":
-        with _started_process_pool(n) as pool:
+        with started_process_pool(n) as pool:
             # One task per submission: dask's default batches up to six ready tasks into one
             # worker, which left one of two workers with six of eight drizzle groups.
             options = {
@@ -334,7 +335,7 @@ class WorkerPool:
 
 
 @contextlib.contextmanager
-def _started_process_pool(n: int) -> Iterator[WorkerPool]:
+def started_process_pool(n: int) -> Iterator[WorkerPool]:
     """A :class:`WorkerPool` for one run; its workers are terminated at once after an error or
     interrupt."""
     pool = WorkerPool(n)

@@ -14,7 +14,6 @@ import asdf
 import numpy as np
 import pytest
 from astropy.io import fits
-from stdatamodels.fits_support import fits_hash
 from stdatamodels.jwst import datamodels
 
 from outlier_dask import __version__, detect_outliers
@@ -47,18 +46,17 @@ def association(tmp_path_factory):
     return data, [Path(p) for p in result.outputs]
 
 
-def _tree_and_header(path: Path) -> tuple[dict, fits.Header, str]:
-    """The embedded tree read by asdf alone (validated), the primary header, the header hash."""
+def _tree_and_header(path: Path) -> tuple[dict, fits.Header]:
+    """The embedded tree read by asdf alone (validated) and the primary header."""
     with fits.open(path) as hdul:
         content = hdul["ASDF"].data["ASDF_METADATA"][0].tobytes()
         header = hdul[0].header.copy()
-        headers_hash = fits_hash(hdul)
     with asdf.open(io.BytesIO(content)) as af:
-        return af.tree, header, headers_hash
+        return af.tree, header
 
 
 def _assert_tree_matches_headers(path: Path, status: str, history: tuple[str, ...]) -> None:
-    tree, header, headers_hash = _tree_and_header(path)
+    tree, header = _tree_and_header(path)
     meta = tree["meta"]
     assert meta["filename"] == header["FILENAME"] == path.name
     assert meta["date"] == header["DATE"]
@@ -69,8 +67,8 @@ def _assert_tree_matches_headers(path: Path, status: str, history: tuple[str, ..
         e["software"] == {"name": "outlier_dask", "version": __version__}
         for e in tree["history"]["entries"]
     )
-    # The tree holds the hash of these very headers, so stdatamodels reads the tree as it is.
-    assert tree["_fits_hash"] == headers_hash
+    # No stale hash of the input's headers: stdatamodels reads the headers, equal to the tree.
+    assert "_fits_hash" not in tree
 
 
 def test_history_records_tool_version_and_parameters():
@@ -98,7 +96,7 @@ def test_products_agree_in_tree_and_headers(association):
 
 def test_stdatamodels_reads_the_record_and_the_wcs(association):
     data, products = association
-    tree, header, _ = _tree_and_header(products[0])
+    tree, header = _tree_and_header(products[0])
     with datamodels.open(products[0]) as model, datamodels.open(data.cal_paths[0]) as cal:
         assert model.meta.filename == products[0].name
         assert model.meta.date == header["DATE"]
@@ -166,14 +164,14 @@ def test_tree_update_keeps_blocks_and_drops_a_stale_block_index(association):
         original = af.tree["meta"]["wcs"]
         before = original(5.0, 7.0)
     record = product_record("x_crf.fits", "COMPLETE", ("a",))
-    updated = record_in_tree(content, record, "hash")
+    updated = record_in_tree(content, record)
     assert b"#ASDF BLOCK INDEX" not in updated
     with asdf.open(io.BytesIO(updated)) as af:
         assert af.tree["meta"]["wcs"](5.0, 7.0) == before
-        assert af.tree["_fits_hash"] == "hash"
+        assert "_fits_hash" not in af.tree
 
 
 def test_tree_update_refuses_what_is_not_asdf():
     record = product_record("x_crf.fits", "COMPLETE", ())
     with pytest.raises(ValueError, match="does not hold an ASDF file"):
-        record_in_tree(b"SIMPLE  =                    T", record, "hash")
+        record_in_tree(b"SIMPLE  =                    T", record)
