@@ -176,7 +176,11 @@ def drizzle_onto_region(
     weight : ndarray, shape (ry, rx), float32
         Summed drizzle weight per output pixel.
     """
-    driz = Drizzle(kernel=kernel, fillval=fillval, out_shape=region_shape, disable_ctx=True)
+    # Drizzle fills every output pixel without weight after each call, a pass over the whole
+    # region per strip; its "INDEF" leaves them, and they are filled once at the end. A
+    # pixel's value only depends on its weights, never on what it held before (a pixel's
+    # first weight overwrites it), so the result is the same bit for bit.
+    driz = Drizzle(kernel=kernel, fillval="INDEF", out_shape=region_shape, disable_ctx=True)
     added = 0
     remaining = iter(inputs)
     # Each input is dropped before the next is loaded (a loop variable would keep it alive
@@ -191,7 +195,9 @@ def drizzle_onto_region(
             np.full(region_shape, fill_value_number(fillval), dtype=np.float32),
             np.zeros(region_shape, dtype=np.float32),
         )
-    return driz.out_img, driz.out_wht
+    data, weight = driz.out_img, driz.out_wht
+    np.copyto(data, np.float32(fill_value_number(fillval)), where=weight == 0)
+    return data, weight
 
 
 def fill_value_number(fillval: str) -> float:

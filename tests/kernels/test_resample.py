@@ -14,6 +14,7 @@ from outlier_dask.kernels.resample import (
     DrizzleInput,
     blot_bilinear,
     drizzle_onto_region,
+    fill_value_number,
     strip_rows,
     strips_of,
 )
@@ -228,3 +229,30 @@ def test_blot_wholly_inside_with_last_row_and_column_positions():
     reference = np.empty((20, 30), dtype=np.float32)
     blot_image(median, pixmap, out_img=reference, fillval=np.nan, iscale=1.0, interp="linear")
     np.testing.assert_array_equal(blot_bilinear(median, (0, 0), shape, pixmap), reference)
+
+
+@pytest.mark.parametrize("fillval", ["NAN", "INDEF", "0", "-7.5"])
+def test_fill_value_lands_where_no_weight_landed_as_in_whole_calls(fillval):
+    """The fill is applied once, after every strip of every input: equal, bit for bit, to
+    drizzle filling after each call, also for pixels inside the footprint that only zero
+    weights reached."""
+    data, weight, pixmap = _strip_case((0, NY))
+    weight[60:70, 30:40] = 0
+    second = _pixmap(offset=(47.9, 23.2))
+    shape = (200, 190)
+    whole = Drizzle(kernel="square", fillval=fillval, out_shape=shape, disable_ctx=True)
+    for m in (pixmap, second):
+        whole.add_image(data, exptime=1.0, pixmap=m, weight_map=weight, in_units="cps")
+    items = [
+        DrizzleInput(data, weight, lambda r0, r1, m=m: m[r0:r1], 1.0, (0, NY), True)
+        for m in (pixmap, second)
+    ]
+    out, wht = drizzle_onto_region(
+        items, shape, fillval=fillval, pixmap_bytes=16 * NX * MIN_STRIP_ROWS
+    )
+    empty = whole.out_wht == 0
+    inside = empty[50:150, 60:150]
+    assert inside.any()  # the zero-weight block, inside the footprint
+    np.testing.assert_array_equal(out, whole.out_img)
+    np.testing.assert_array_equal(wht, whole.out_wht)
+    assert np.array_equal(out[empty], np.full(empty.sum(), fill_value_number(fillval)), True)
