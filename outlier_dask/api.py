@@ -350,8 +350,13 @@ def detect_outliers(
         skipped = _skip(members, outputs, from_files, params)
         skipped.timings["total"] = time.perf_counter() - called
         return _finish(skipped, product, members, None, None, None, extras)
+    # Masks come back to this process for in-memory models and the figure; otherwise each
+    # input's product is written where its mask was computed.
+    keep_masks = extras.plot is not None or not from_files
     started = time.perf_counter()
-    planned = plan_run(members, product, params, client_given=client is not None)
+    planned = plan_run(
+        members, product, params, client_given=client is not None, keep_masks=keep_masks
+    )
     plan, params = planned.plan, planned.params
     timings = {"plan": time.perf_counter() - started}
     _check_free_space(planned)
@@ -380,7 +385,7 @@ def detect_outliers(
                 handover,
                 writers=_product_writers(plan, outputs, params) if from_files else None,
                 keep_median=extras.plot is not None,
-                keep_masks=extras.plot is not None,
+                keep_masks=keep_masks,
             )
             timings.update(result.timings)
             written = _write_products(plan, result, outputs, from_files, params, asn_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -239,3 +240,85 @@ def test_a_local_cluster_run_stopped_by_sigterm_stops_its_workers_at_once(associ
     assert _messages(stderr) == [f"outlier-dask: interrupted ({signal.Signals(signum).name})"]
     assert children, "the cluster's worker processes were not seen"
     _assert_nothing_left(run, children, shm)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def slow_cluster(tmp_path):
+    """A ``dask scheduler`` and two ``dask worker`` processes on loopback, in their own
+    session (a Ctrl-C in the command's terminal does not reach them), whose group tasks
+    announce themselves in the returned log and sleep. Yields ``(address, log)``."""
+    distributed = pytest.importorskip("distributed")
+    hooks = tmp_path / "cluster_hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_DRIZZLE_HOOK)
+    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OD_TEST_SLOW_DRIZZLE": "1"}
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    log = tmp_path / "cluster.log"
+    dask_command = str(Path(sys.executable).with_name("dask"))
+    commands = [
+        [dask_command, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]]
+        + ["--dashboard-address", ":0"]
+    ] + [
+        [dask_command, "worker", address, "--nthreads", "1", "--nworkers", "1"]
+        + ["--local-directory", str(tmp_path / f"worker{i}"), "--no-dashboard"]
+        for i in range(2)
+    ]
+    processes = []
+    with open(log, "w") as sink:
+        try:
+            for command in commands:
+                processes.append(
+                    subprocess.Popen(
+                        command, env=env, stdout=sink, stderr=sink, start_new_session=True
+                    )
+                )
+            with distributed.Client(address, timeout=60) as watcher:
+                watcher.wait_for_workers(2, timeout=120)
+            yield address, log
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(HANG_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_cluster_at_an_address_releases_its_tasks_and_leaves_the_cluster(
+    association, tmp_path, slow_cluster
+):
+    """``--scheduler tcp://…``: the cluster is not the run's to stop. Ctrl-C ends the command
+    with its one line and exit status 130, and the scheduler forgets every task of the run
+    (none left processing or held in memory), while its workers stay up for the next run."""
+    import distributed
+
+    address, log = slow_cluster
+    run = _Run(association, tmp_path, ["--scheduler", address], {})
+    deadline = time.monotonic() + 120
+    while "OD-TEST-HOOK" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "OD-TEST-HOOK" in log.read_text(), "the drizzle stage never started on the cluster"
+    status, _, children, shm = run.signal_and_wait(signal.SIGINT, group=True)
+    stderr = run.stderr()
+    assert status == 130, stderr
+    assert _messages(stderr) == ["outlier-dask: interrupted (SIGINT)"]
+    _assert_nothing_left(run, children, shm)
+    with distributed.Client(address, timeout=60) as watcher:
+        deadline = time.monotonic() + HANG_S
+        while time.monotonic() < deadline and (
+            any(watcher.processing().values()) or watcher.who_has()
+        ):
+            time.sleep(0.1)
+        assert not any(watcher.processing().values()), watcher.processing()
+        assert not watcher.who_has()
+        assert len(watcher.scheduler_info()["workers"]) == 2

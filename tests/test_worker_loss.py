@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -206,7 +207,99 @@ def test_a_cluster_that_gives_up_on_a_task_ends_the_run_with_one_line():
         runner.compute(dask.delayed(sum)([1, 2]), stage="blot+flag")
     assert str(raised.value) == (
         "worker processes died during the blot+flag stage: distributed gave up on task "
-        "'flag_input-0' after 4 workers died running it (the last tcp://127.0.0.1:40000; the "
-        "nanny's log above names the signal); try a lower --memory-limit or fewer --n-workers "
-        "(SIGKILL is often the out-of-memory killer's)"
+        "'flag_input-0' after 4 workers died running it (the last tcp://127.0.0.1:40000; how "
+        "it ended is in the cluster's worker logs); try a lower --memory-limit or fewer "
+        "--n-workers (SIGKILL is often the out-of-memory killer's)"
     )
+
+
+#: Installed as ``sitecustomize`` of a LocalCluster's worker processes: with
+#: ``OD_TEST_KILL_DRIZZLE`` set, every group task SIGKILLs the worker running it.
+KILLING_DRIZZLE_HOOK = """
+import os
+
+if os.environ.get("OD_TEST_KILL_DRIZZLE"):
+    import importlib
+    import signal
+
+    importlib.import_module("outlier_dask.api")
+    _tasks = importlib.import_module("outlier_dask.engine.tasks")
+
+    def _killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _tasks.build_group_mosaic = _killed
+"""
+
+
+@pytest.mark.slow
+def test_a_local_cluster_whose_workers_keep_dying_names_the_signal(
+    association, tmp_path, monkeypatch
+):
+    """The run's own LocalCluster: after ``allowed-failures`` + 1 workers died running a task,
+    the one line says which worker died last and of which signal (its nanny's record)."""
+    import dask
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(KILLING_DRIZZLE_HOOK)
+    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", path)  # the cluster's spawned workers inherit it
+    monkeypatch.setenv("OD_TEST_KILL_DRIZZLE", "1")
+    nanny_logger = logging.getLogger("distributed.nanny")
+    level = nanny_logger.level
+    out = tmp_path / "out"
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        pytest.raises(WorkerDiedError) as raised,
+    ):
+        detect_outliers(
+            association.asn_path,
+            output_dir=out,
+            work_dir=tmp_path / "work",
+            scheduler="local-cluster",
+            n_workers=2,
+        )
+    message = str(raised.value)
+    assert message.startswith(
+        "worker processes died during the drizzle stage: distributed gave up on task "
+    )
+    died = (
+        r"after 2 workers died running it \(the last tcp://127\.0\.0\.1:\d+; "
+        r"worker \d+ killed by SIGKILL\); try a lower --memory-limit"
+    )
+    assert re.search(died, message), message
+    assert not out.exists() or list(out.iterdir()) == []
+    assert list((tmp_path / "work").iterdir()) == []
+    # The nanny's logger is as it was: its level, and no filter of the run left on it.
+    assert nanny_logger.level == level
+    assert nanny_logger.filters == []
+
+
+def test_nanny_deaths_are_noted_without_showing_records_the_logger_hid(caplog):
+    """The watcher notes each death the nannies log at INFO; records below the level the logger
+    had are not passed on, those at or above it are, and the logger is restored after."""
+    from outlier_dask.runtime.nanny_deaths import watching_nanny_deaths
+
+    logger = logging.getLogger("distributed.nanny")
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with caplog.at_level(logging.DEBUG), watching_nanny_deaths() as deaths:
+            assert deaths.last() is None
+            logger.info("Worker process %d was killed by signal %d", 4321, 9)
+            logger.info("Start Nanny at: 'tcp://127.0.0.1:1'")
+            logger.info("Worker process 4322 exited with status 3")
+            logger.warning("Restarting worker")
+            assert deaths.deaths == [
+                "worker 4321 killed by SIGKILL",
+                "worker 4322 exited with status 3",
+            ]
+            assert deaths.last() == "worker 4322 exited with status 3"
+        assert [r.getMessage() for r in caplog.records if r.name == logger.name] == [
+            "Restarting worker"
+        ]
+        assert logger.level == logging.WARNING
+        assert logger.filters == []
+    finally:
+        logger.setLevel(previous)

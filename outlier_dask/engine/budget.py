@@ -113,13 +113,14 @@ class BudgetDecision:
         return plan, params
 
 
-def _estimate(plan: Plan, params: OutlierParameters, kind: str, workers: int):
+def _estimate(plan: Plan, params: OutlierParameters, kind: str, workers: int, keep_masks: bool):
     return estimate_resources(
         plan,
         kind=kind,
         n_workers=workers,
         processes=python_processes(params.scheduler, workers),
         keep_intermediate=params.save_intermediate_results,
+        keep_masks=keep_masks,
     )
 
 
@@ -136,12 +137,17 @@ def _fitting_tile(plan: Plan, tile: int) -> int:
 
 
 def fit_to_budget(
-    plan: Plan, params: OutlierParameters, *, client_given: bool = False
+    plan: Plan,
+    params: OutlierParameters,
+    *,
+    client_given: bool = False,
+    keep_masks: bool = False,
 ) -> BudgetDecision:
     """Choose workers, tile size and ``in_memory`` so the run fits ``params.memory_limit``.
 
     ``client_given``: a caller's ``distributed`` client runs the graphs (so the stack and
-    median are kept on its workers, not in memory shared with this process).
+    median are kept on its workers, not in memory shared with this process). ``keep_masks``:
+    every input's outlier mask comes back to this process (in-memory models, a plot).
     """
     budget = (
         parse_memory_size(params.memory_limit) if params.memory_limit else default_memory_limit()
@@ -156,7 +162,7 @@ def fit_to_budget(
     plan = dataclasses.replace(plan, tile_shape=(tile, tile))
     in_memory = params.in_memory
     kind = handover_kind(params.scheduler, in_memory, client_given)
-    needed = _estimate(plan, params, kind, 1).peak_memory if in_memory else 0
+    needed = _estimate(plan, params, kind, 1, keep_masks).peak_memory if in_memory else 0
     if needed > budget:
         in_memory = False
         kind = handover_kind(params.scheduler, in_memory, client_given)
@@ -165,9 +171,9 @@ def fit_to_budget(
             f"~{needed / 2**30:.1f} GiB, above the memory limit of {budget / 2**30:.1f} GiB"
         )
     workers = wanted
-    while workers > 1 and _estimate(plan, params, kind, workers).peak_memory > budget:
+    while workers > 1 and _estimate(plan, params, kind, workers, keep_masks).peak_memory > budget:
         workers -= 1
-    estimate = _estimate(plan, params, kind, workers)
+    estimate = _estimate(plan, params, kind, workers, keep_masks)
     if workers < wanted:
         notes.append(f"{workers} worker(s) instead of {wanted} to stay within the memory limit")
     if estimate.peak_memory > budget:
@@ -208,8 +214,11 @@ def plan_run(
     params: OutlierParameters,
     *,
     client_given: bool = False,
+    keep_masks: bool = False,
 ) -> PlannedRun:
     """The plan of a run and the budget's decisions: the one planning function.
+
+    ``client_given`` and ``keep_masks`` as for :func:`fit_to_budget`.
 
     Raises
     ------
@@ -217,6 +226,6 @@ def plan_run(
         See :func:`~outlier_dask.engine.plan.make_plan`.
     """
     plan = make_plan(members, product_name, params)
-    decision = fit_to_budget(plan, params, client_given=client_given)
+    decision = fit_to_budget(plan, params, client_given=client_given, keep_masks=keep_masks)
     plan, params = decision.apply(plan, params)
     return PlannedRun(plan, params, decision)

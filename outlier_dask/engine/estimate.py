@@ -103,6 +103,7 @@ def estimate_resources(
     n_workers: int,
     processes: int | None = None,
     keep_intermediate: bool = False,
+    keep_masks: bool = False,
 ) -> ResourceEstimate:
     """Estimate the peak memory and scratch disk a plan needs.
 
@@ -115,7 +116,7 @@ def estimate_resources(
                           median: 12 * G * T,
                           write: 2 * max(P_i))
         memory      = handover (stack and median, in memory: see handover_footprint)
-                    + 1 * sum(P_i)        outlier masks (bool)
+                    + 1 * sum(P_i)        outlier masks (bool), if returned
                     + W * worker set
                     + Q * 200 MiB         interpreter and libraries per process
         scratch     = handover (stack and median in the store)
@@ -136,6 +137,9 @@ def estimate_resources(
         Python processes (default ``n_workers + 1``: the ``processes`` scheduler).
     keep_intermediate : bool
         Whether the mosaics, median and blots are kept for products or a plot.
+    keep_masks : bool
+        Whether every input's outlier mask comes back to this process (in-memory models, a
+        plot); products written by the workers leave them there.
 
     Returns
     -------
@@ -152,7 +156,7 @@ def estimate_resources(
     parts: dict[str, int] = {
         f"{n_processes} Python process(es)": n_processes * PROCESS_BASELINE,
         f"{workers} x {largest}": workers * worker[largest],
-        "outlier masks": member_px,
+        "outlier masks (returned)": member_px if keep_masks else 0,
         **handover.memory,
     }
     if keep_intermediate:

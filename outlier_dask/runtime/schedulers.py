@@ -32,6 +32,7 @@ import dask.threaded
 
 from outlier_dask.engine.budget import default_workers
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
+from outlier_dask.runtime.nanny_deaths import NannyDeaths, death_description, watching_nanny_deaths
 
 __all__ = [
     "WORKER_RESTARTS",
@@ -76,6 +77,8 @@ class Runner:
     progress: Callable[[str, Runner], contextlib.AbstractContextManager] | None = None
     #: The ``processes`` scheduler's pool, replaced when one of its workers dies
     pool: WorkerPool | None = None
+    #: How the workers of a ``local-cluster`` this run started died, as their nannies saw it
+    nanny_deaths: NannyDeaths | None = None
 
     def persist(self, *collections: Any, stage: str = "compute") -> tuple:
         """Compute dask collections and keep their values where they were computed (a
@@ -128,7 +131,8 @@ class Runner:
                 self._options["pool"] = self.pool.replace()
             except Exception as exc:
                 if self.kind == "distributed" and _is_killed_worker(exc):
-                    raise WorkerDiedError(_killed_worker_message(stage, exc)) from None
+                    how = self.nanny_deaths.last(_DEATH_LOG_WAIT_S) if self.nanny_deaths else None
+                    raise WorkerDiedError(_killed_worker_message(stage, exc, how)) from None
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -157,13 +161,20 @@ def _is_killed_worker(exc: Exception) -> bool:
     return isinstance(exc, KilledWorker)
 
 
-def _killed_worker_message(stage: str, exc: Any) -> str:
+#: Seconds to wait for a dead worker's nanny to log how it died (see ``NannyDeaths.last``).
+_DEATH_LOG_WAIT_S = 2.0
+
+
+def _killed_worker_message(stage: str, exc: Any, how: str | None = None) -> str:
+    """The one line for distributed's ``KilledWorker``; ``how`` the last death of a worker
+    of this run's own cluster (``worker 1234 killed by SIGKILL``), None for a cluster at an
+    address (whose workers' logs say how)."""
     worker = getattr(exc.last_worker, "address", exc.last_worker)
+    died = how or "how it ended is in the cluster's worker logs"
     return (
         f"worker processes died during the {stage} stage: distributed gave up on task "
         f"{exc.task!r} after {exc.allowed_failures + 1} workers died running it (the last "
-        f"{worker}; the nanny's log above names the signal); {_WHAT_TO_TRY} (SIGKILL is often "
-        "the out-of-memory killer's)"
+        f"{worker}; {died}); {_WHAT_TO_TRY} (SIGKILL is often the out-of-memory killer's)"
     )
 
 
@@ -262,10 +273,8 @@ def _exit_description(exitcode: int | None) -> str:
     if exitcode is None:
         return "still running"
     if exitcode < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-exitcode).name}"
-        return f"killed by signal {-exitcode}"
-    return f"exited with status {exitcode}"
+        return death_description(-exitcode, None)
+    return death_description(None, exitcode)
 
 
 class WorkerPool:
@@ -440,10 +449,11 @@ def _distributed_runner(
                 preload=["outlier_dask.runtime.cluster_worker"],
             ) as cluster,
             Client(cluster) as client,
+            watching_nanny_deaths() as deaths,
         ):
             log.info("dask dashboard: %s", client.dashboard_link)
             try:
-                yield Runner("distributed", n, {"scheduler": client}, client)
+                yield Runner("distributed", n, {"scheduler": client}, client, nanny_deaths=deaths)
             except BaseException:
                 _stop_cluster_now(cluster, client)
                 raise

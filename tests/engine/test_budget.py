@@ -146,8 +146,8 @@ def test_a_caller_client_is_budgeted_as_a_cluster(members, monkeypatch):
     class StopBeforeWorkError(Exception):
         pass
 
-    def spy(members, product, params, *, client_given=False):
-        seen.append(client_given)
+    def spy(members, product, params, *, client_given=False, keep_masks=False):
+        seen.append((client_given, keep_masks))
         raise StopBeforeWorkError
 
     monkeypatch.setattr(api, "plan_run", spy)
@@ -156,4 +156,29 @@ def test_a_caller_client_is_budgeted_as_a_cluster(members, monkeypatch):
     for client in (None, object()):
         with pytest.raises(StopBeforeWorkError):
             api.detect_outliers(models, client=client, scheduler="processes")
-    assert seen == [False, True]
+    # In-memory models: their masks come back to this process.
+    assert seen == [(False, True), (True, True)]
+
+
+def test_masks_count_only_when_they_come_back(members):
+    """Products written by the workers leave the masks there; in-memory models and the figure
+    bring every mask (one byte per input pixel) to this process, and the budget plans for it."""
+    params = OutlierParameters(n_workers=2)
+    plan = make_plan(members, "budget", params)
+    pixels = sum(m.shape[0] * m.shape[1] for m in members)
+
+    def peak(workers, keep_masks):
+        return estimate_resources(
+            plan, kind=SHARED, n_workers=workers, processes=workers + 1, keep_masks=keep_masks
+        ).peak_memory
+
+    assert peak(2, True) - peak(2, False) == pixels
+    # A budget that two workers fit only while the masks stay with them.
+    limit = peak(2, False)
+    assert peak(2, True) > limit
+    left = fit_to_budget(plan, params.replace(memory_limit=str(limit)))
+    returned = fit_to_budget(plan, params.replace(memory_limit=str(limit)), keep_masks=True)
+    assert (left.n_workers, returned.n_workers) == (2, 1)
+    assert (
+        plan_run(members, "budget", params.replace(memory_limit=str(limit))).budget.n_workers == 2
+    )
