@@ -340,7 +340,12 @@ def describe_plan(planned: Any) -> str:
     lines.extend(f"  budget: {note}" for note in budget.notes)
     lines.append("estimated needs (rough, within a factor of about 2):")
     for in_memory in (True, False):
-        kind = handover_kind(params.scheduler, in_memory)
+        # For its own setting, the budget's choice (it may keep the median on disk too).
+        kind = (
+            budget.handover
+            if in_memory == budget.in_memory
+            else handover_kind(params.scheduler, in_memory)
+        )
         estimate = (
             budget.estimate
             if kind == budget.handover

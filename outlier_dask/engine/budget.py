@@ -8,7 +8,8 @@ plan's resource estimate (:mod:`outlier_dask.engine.estimate`), this module deci
 * the tile edge — halved until one median task (a tile of every group) is no larger than the
   other tasks, so many exposures do not make median tasks the peak;
 * the number of workers — as many as asked (default: the CPUs) that fit the budget together
-  with this process;
+  with this process; out of core, the median goes to the store too when that lets more
+  workers fit;
 * each worker's memory limit (for ``local-cluster``) — its share of what is left.
 
 Tasks whose size the geometry fixes (a group's region for drizzle) cannot shrink; when even
@@ -136,6 +137,16 @@ def _fitting_tile(plan: Plan, tile: int) -> int:
     return tile
 
 
+def _workers_fitting(
+    plan: Plan, params: OutlierParameters, kind: str, wanted: int, budget: int, keep_masks: bool
+) -> int:
+    """The most workers, up to ``wanted`` (at least 1), whose run fits ``budget`` bytes."""
+    workers = wanted
+    while workers > 1 and _estimate(plan, params, kind, workers, keep_masks).peak_memory > budget:
+        workers -= 1
+    return workers
+
+
 def fit_to_budget(
     plan: Plan,
     params: OutlierParameters,
@@ -170,9 +181,14 @@ def fit_to_budget(
             f"mosaics and median kept on disk (in_memory=False): in memory they need "
             f"~{needed / 2**30:.1f} GiB, above the memory limit of {budget / 2**30:.1f} GiB"
         )
-    workers = wanted
-    while workers > 1 and _estimate(plan, params, kind, workers, keep_masks).peak_memory > budget:
-        workers -= 1
+    workers = _workers_fitting(plan, params, kind, wanted, budget, keep_masks)
+    if workers < wanted and not in_memory:
+        # The median, in memory beside the workers, may be what crowds them out.
+        on_disk = handover_kind(params.scheduler, in_memory, client_given, median_in_memory=False)
+        more = _workers_fitting(plan, params, on_disk, wanted, budget, keep_masks)
+        if on_disk != kind and more > workers:
+            notes.append(f"the median kept on disk too, so that {more} worker(s) fit")
+            kind, workers = on_disk, more
     estimate = _estimate(plan, params, kind, workers, keep_masks)
     if workers < wanted:
         notes.append(f"{workers} worker(s) instead of {wanted} to stay within the memory limit")

@@ -87,7 +87,9 @@ _MEDIAN_SHARED = (SHARED, LOCAL_STORE)
 FLOAT32 = 4
 
 
-def handover_kind(scheduler: str, in_memory: bool, client_given: bool = False) -> str:
+def handover_kind(
+    scheduler: str, in_memory: bool, client_given: bool = False, median_in_memory: bool = True
+) -> str:
     """Where stack and median live: :data:`SHARED`, :data:`LOCAL_STORE`, :data:`STORE` or
     :data:`WORKERS`.
 
@@ -99,10 +101,13 @@ def handover_kind(scheduler: str, in_memory: bool, client_given: bool = False) -
         The ``in_memory`` parameter (after the budget).
     client_given : bool
         A caller's ``distributed.Client`` runs the graphs (whatever ``scheduler`` says).
+    median_in_memory : bool
+        Out of core on one machine, whether the median (one plane of the grid) may stay in
+        memory shared with the workers; the budget says no when it would crowd them out.
     """
     local = not client_given and scheduler in LOCAL_SCHEDULERS
     if not in_memory:
-        return LOCAL_STORE if local else STORE
+        return LOCAL_STORE if local and median_in_memory else STORE
     return SHARED if local else WORKERS
 
 

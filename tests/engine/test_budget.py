@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import pytest
 
 from outlier_dask.engine.budget import (
@@ -182,3 +183,53 @@ def test_masks_count_only_when_they_come_back(members):
     assert (
         plan_run(members, "budget", params.replace(memory_limit=str(limit))).budget.n_workers == 2
     )
+
+
+def test_out_of_core_the_median_goes_to_disk_when_that_keeps_the_workers(members):
+    """Out of core on one machine the median stays in shared memory, unless a second worker
+    fits only with the median in the store too: then both live on disk."""
+    params = OutlierParameters(n_workers=2, in_memory=False)
+    plan = make_plan(members, "budget", params)
+
+    def peak(kind, workers):
+        return estimate_resources(
+            plan, kind=kind, n_workers=workers, processes=workers + 1
+        ).peak_memory
+
+    # Median in memory fits one worker only; both on disk fit two.
+    limit = peak(STORE, 2)
+    assert peak(LOCAL_STORE, 1) <= limit < peak(LOCAL_STORE, 2)
+    decision = fit_to_budget(plan, params.replace(memory_limit=str(limit)))
+    assert (decision.handover, decision.n_workers) == (STORE, 2)
+    assert "the median kept on disk too, so that 2 worker(s) fit" in decision.notes
+    # With room for the median beside both workers, it stays in memory.
+    roomy = fit_to_budget(plan, params.replace(memory_limit=str(peak(LOCAL_STORE, 2))))
+    assert (roomy.handover, roomy.n_workers, roomy.notes) == (LOCAL_STORE, 2, ())
+
+
+def test_a_run_with_the_median_on_disk_flags_as_the_default_run(members, caplog):
+    """The budget's choice of the store for both the stack and the median, with forked
+    workers, gives the default run's flags."""
+    from outlier_dask import detect_outliers
+
+    models = [m.model for m in members]
+    plan = make_plan(members, "budget", OutlierParameters(n_workers=2, in_memory=False))
+
+    def peak(kind, workers):
+        return estimate_resources(
+            plan, kind=kind, n_workers=workers, processes=workers + 1, keep_masks=True
+        ).peak_memory
+
+    limit = peak(STORE, 2)
+    assert peak(LOCAL_STORE, 1) <= limit < peak(LOCAL_STORE, 2)
+    default = detect_outliers(models, scheduler="synchronous")
+    with caplog.at_level(logging.WARNING, logger="outlier_dask.engine.budget"):
+        on_disk = detect_outliers(
+            models, scheduler="processes", n_workers=2, in_memory=False, memory_limit=limit
+        )
+    assert "the median kept on disk too, so that 2 worker(s) fit" in caplog.text
+    assert on_disk.parameters.n_workers == 2
+    flagged = [np.count_nonzero(m.dq & 16) for m in default.outputs]
+    assert sum(flagged) > 0
+    for want, got in zip(default.outputs, on_disk.outputs, strict=True):
+        np.testing.assert_array_equal(got.dq, want.dq)
