@@ -133,6 +133,9 @@ class _Run:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # a terminal's foreground group, signalled as a whole
+            # A shell's background job may start with Ctrl-C ignored; a terminal's has the
+            # default, which the command replaces (it leaves an ignored SIGINT alone).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: list[str] = []
         self.marked = threading.Event()
