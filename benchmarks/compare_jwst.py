@@ -10,7 +10,7 @@ run            what the child process does
 jwst           ``OutlierDetectionStep.call(asn, save_results=True, suffix="crf")``, defaults
 jwst-step10    the same with ``pixmap_stepsize=10``
 od-memory      ``outlier-dask run asn --output-dir ... --overwrite`` (the command, run in the
-               child process by ``outlier_dask.cli.command``), default scheduler
+               child process by ``outlier_dask.command.command``), default scheduler
 od-disk        the same with ``--in-memory=False``
 =============  =============================================================================
 
@@ -238,7 +238,7 @@ def run_child(spec: RunSpec, asn_path: Path, output_dir: Path) -> None:
     else:
         # The command as users run it (``outlier-dask run ...``), in this process: it sets
         # up its process (BLAS threads, collector) as the installed command does.
-        from outlier_dask.cli import command
+        from outlier_dask.command import command
 
         argv = ["run", str(asn_path), "--output-dir", str(output_dir), "--overwrite"]
         argv += [f"--{name.replace('_', '-')}={value}" for name, value in spec.options.items()]

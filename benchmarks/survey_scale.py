@@ -91,7 +91,7 @@ def run_child(engine: str, asn: Path, output_dir: Path, work_dir: Path, extra: l
             in_memory=options.get("in_memory", "False") == "True",
         )
     else:
-        from outlier_dask.cli import command
+        from outlier_dask.command import command
 
         argv = ["run", str(asn), "--output-dir", str(output_dir), "--overwrite"]
         status = command([*argv, "--work-dir", str(work_dir), *extra])

@@ -2,6 +2,6 @@
 
 import sys
 
-from outlier_dask.cli import command
+from outlier_dask.command import command
 
 sys.exit(command())

@@ -12,9 +12,10 @@ Exit statuses: 0 success (or the step skipped, as the pipeline does with one inp
 stopped by SIGTERM, as a shell reports a process ended by those signals. Errors are one line
 on stderr naming the file, input or parameter; ``--debug`` adds the traceback.
 
-The installed command (and ``python -m outlier_dask``) calls :func:`command`, which sets up
-the process it owns (:mod:`outlier_dask.runtime.process`) and then runs :func:`main`. This
-module imports no numpy itself, so that the set-up comes first.
+The installed command (and ``python -m outlier_dask``) calls
+:func:`outlier_dask.command.command`, which sets up the process it owns
+(:mod:`outlier_dask.runtime.process`) before it imports this module, and then runs
+:func:`main`. This module imports no numpy itself.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import signal
 import sys
 import tempfile
 import traceback
@@ -31,16 +31,14 @@ from dataclasses import Field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from outlier_dask.runtime.process import command_process
+from outlier_dask.command import report_interrupt
 
 if TYPE_CHECKING:
     from outlier_dask.parameters import OutlierParameters
 
-__all__ = ["command", "main"]
+__all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-#: A shell's status for a process ended by a signal: 128 + the signal's number.
-EXIT_SIGNAL_BASE = 128
 
 _STAGE_NAMES = {"blot_flag": "blot+flag"}
 
@@ -391,16 +389,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def command(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the installed ``outlier-dask`` command; returns the exit status.
-
-    :func:`main` in a process set up for the run (:mod:`outlier_dask.runtime.process`). Call
-    :func:`main` instead from a process that goes on afterwards.
-    """
-    with command_process():
-        return main(argv)
-
-
 #: Options of the commands besides the parameters (for the suggestion on a mistyped option).
 _OTHER_OPTIONS = (
     "--config",
@@ -452,10 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args)
         return _dispatch(args)
     except KeyboardInterrupt as interrupt:
-        # runtime/signals.py raises it with the signal's name; a bare one is Ctrl-C.
-        name = str(interrupt) or "SIGINT"
-        print(f"outlier-dask: interrupted ({name})", file=sys.stderr)
-        return EXIT_SIGNAL_BASE + int(getattr(signal, name, signal.SIGINT))
+        return report_interrupt(interrupt)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -489,4 +474,6 @@ def _status_and_message(exc: Exception) -> tuple[int, str]:
 
 
 if __name__ == "__main__":
+    from outlier_dask.command import command
+
     sys.exit(command())

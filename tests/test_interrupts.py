@@ -199,7 +199,7 @@ def _messages(stderr: str) -> list[str]:
 def test_a_signal_during_start_up_ends_the_command_with_one_line(
     association, tmp_path, signum, moment
 ):
-    """``first``: the moment the command's handlers exist (polled from /proc, ~0.1 s after
+    """``first``: the moment the command's handlers exist (polled from /proc, ~0.04 s after
     the start here); before that only the interpreter's start-up and the entry module's
     import run. Either way the command is still importing numpy, jwst and dask."""
     run = _Run(association, tmp_path, [], {})

@@ -17,7 +17,7 @@ _SET_BY_THE_COMMAND = (*BLAS_THREAD_VARIABLES, _NUMPY_HUGEPAGE_VARIABLE)
 
 _COMMAND_AND_REPORT = """
 import gc, json, os, sys
-from outlier_dask.cli import command
+from outlier_dask.command import command
 from outlier_dask.runtime.process import BLAS_THREAD_VARIABLES
 status = command(sys.argv[1:])
 print(json.dumps({
@@ -56,6 +56,24 @@ def test_importing_the_command_loads_no_numpy():
         check=True,
     )
     assert completed.stdout.strip() == "False"
+
+
+def test_the_entry_module_loads_only_what_the_signal_handlers_need():
+    """The installed command's module installs the handlers before argparse, numpy or the
+    engine load, so that a signal while they import ends the command with its one line."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, outlier_dask.command; print(sorted(m for m in "
+            "('argparse', 'numpy', 'outlier_dask.cli') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert completed.stdout.strip() == "[]"
 
 
 def test_command_process_single_threaded_blas_and_collector_untouched(tmp_path):
