@@ -473,3 +473,30 @@ def test_an_interrupt_exits_as_a_shell_reports_its_signal(
     monkeypatch.setattr(outlier_dask.api, "detect_outliers", interrupted)
     assert main(["run", str(tmp_path / "x_asn.json")]) == status
     assert capsys.readouterr().err.strip() == f"outlier-dask: interrupted ({named})"
+
+
+def test_info_marks_the_budget_s_choice_when_the_median_goes_to_disk_too():
+    """``info`` shows the estimate of the place the budget chose, also when it kept the
+    median on disk beside the stack to fit both workers."""
+    from outlier_dask.cli import describe_plan
+    from outlier_dask.engine.budget import plan_run
+    from outlier_dask.engine.estimate import estimate_resources
+    from outlier_dask.engine.handover import STORE
+    from outlier_dask.engine.plan import make_plan
+    from outlier_dask.io.members import members_from_models
+    from outlier_dask.parameters import OutlierParameters
+    from outlier_dask.synthetic import make_models
+
+    models, _ = make_models(n_exposures=6, n_detectors=2, detector_shape=(256, 256), seed=8)
+    members = members_from_models(models)
+    params = OutlierParameters(n_workers=2, in_memory=False)
+    plan = make_plan(members, "b", params)
+    store = estimate_resources(plan, kind=STORE, n_workers=2, processes=3)
+    text = describe_plan(
+        plan_run(members, "b", params.replace(memory_limit=str(store.peak_memory)))
+    )
+    lines = text.splitlines()
+    assert "  budget: the median kept on disk too, so that 2 worker(s) fit" in lines
+    (chosen,) = [line for line in lines if line.endswith("<- chosen")]
+    assert chosen.startswith("  in_memory=False: ")
+    assert f"scratch disk {store.scratch_disk / 2**20:.1f} MiB" in chosen
