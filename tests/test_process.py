@@ -16,7 +16,7 @@ _NUMPY_HUGEPAGE_VARIABLE = "NUMPY_MADVISE_HUGEPAGE"
 _SET_BY_THE_COMMAND = (*BLAS_THREAD_VARIABLES, _NUMPY_HUGEPAGE_VARIABLE)
 
 _COMMAND_AND_REPORT = """
-import gc, json, os, sys
+import gc, json, os, signal, sys
 from outlier_dask.command import command
 from outlier_dask.runtime.process import BLAS_THREAD_VARIABLES
 status = command(sys.argv[1:])
@@ -24,6 +24,9 @@ print(json.dumps({
     "status": status,
     "blas": {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES},
     "hugepage": os.environ.get("NUMPY_MADVISE_HUGEPAGE"),
+    "ignored after": [
+        signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)
+    ],
     "frozen": gc.get_freeze_count(),
     "enabled": gc.isenabled(),
 }))
@@ -82,6 +85,8 @@ def test_command_process_single_threaded_blas_and_collector_untouched(tmp_path):
     assert "missing_asn.json" in stderr
     assert report["blas"] == {name: "1" for name in BLAS_THREAD_VARIABLES}
     assert report["hugepage"] is None  # numpy's own default is left alone
+    # The command has returned: only the interpreter's exit is left, which signals do not cut.
+    assert report["ignored after"] == [True, True]
     assert report["frozen"] == 0
     assert report["enabled"]
 

@@ -425,6 +425,29 @@ def test_sigterm_raises_keyboard_interrupt_once_and_handlers_come_back():
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def test_a_signal_during_a_held_step_is_raised_when_the_step_is_done():
+    """``signals_held`` (the close of a finished run's cluster) is not cut short: the signal
+    comes out as its KeyboardInterrupt once the block has ended, and only once."""
+    from outlier_dask.runtime.signals import signals_held
+
+    steps = []
+
+    def held_step() -> None:
+        with interrupted_by_signals():
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)  # the handler runs here, and holds the signal back
+                steps.append("rest of the step")
+            steps.append("after the step")
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        held_step()
+    assert steps == ["rest of the step"]
+    with interrupted_by_signals(), signals_held():  # nothing is left held from before
+        steps.append("a later step")
+    assert steps[-1] == "a later step"
+
+
 def test_signal_handlers_chosen_by_the_caller_are_kept():
     calls = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))

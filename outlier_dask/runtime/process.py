@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -51,8 +52,13 @@ def command_process() -> Iterator[None]:
     """The whole life of the command's process, set up on entry (see the module's docstring).
 
     Within it SIGINT and SIGTERM raise ``KeyboardInterrupt`` (once), which the command turns
-    into its one-line report and exit status.
+    into its one-line report and exit status; after it (the command has returned its status)
+    they are ignored while the interpreter exits.
     """
     with interrupted_by_signals(announce=False):
         _set_library_defaults()
         yield
+    # Only the interpreter's exit is left (~0.5 s: its last collection and module teardown);
+    # a signal now would turn a finished command's status into the signal's.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

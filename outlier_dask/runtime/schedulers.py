@@ -33,6 +33,7 @@ import dask.threaded
 from outlier_dask.engine.budget import default_workers
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
 from outlier_dask.runtime.nanny_deaths import NannyDeaths, death_description, watching_nanny_deaths
+from outlier_dask.runtime.signals import signals_held
 
 __all__ = [
     "WORKER_RESTARTS",
@@ -351,10 +352,10 @@ def started_process_pool(n: int) -> Iterator[WorkerPool]:
     try:
         pool.start()
         yield pool
+        pool.close()  # inside: an interrupt while the workers end stops them at once
     except BaseException:
         pool.stop_now()
         raise
-    pool.close()
 
 
 #: Seconds a terminated worker process gets to exit before it is killed.
@@ -457,6 +458,11 @@ def _distributed_runner(
             except BaseException:
                 _stop_cluster_now(cluster, client)
                 raise
+            # The run's work is done: a signal now waits for the close (a close cut short
+            # left the nannies waiting out their timeouts, ~10 s, or the next close hung).
+            with signals_held():
+                client.close()
+                cluster.close()
         return
     security = resolve_security(params, security)
     with Client(params.scheduler, timeout="10s", security=security) as client:

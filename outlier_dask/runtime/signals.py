@@ -19,9 +19,12 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["interrupted_by_signals"]
+__all__ = ["interrupted_by_signals", "signals_held"]
 
 log = logging.getLogger(__name__)
+
+#: While :func:`signals_held` runs: how many holds are open, and the signal held back.
+_hold: dict[str, object] = {"depth": 0, "pending": None}
 
 
 def _replaceable(signum: int, current: object) -> bool:
@@ -74,6 +77,9 @@ def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
             log.warning("%s received: stopping and cleaning up", name)
         else:
             logging.disable(logging.CRITICAL)
+        if _hold["depth"]:
+            _hold["pending"] = name
+            return
         raise KeyboardInterrupt(name)
 
     previous = {}
@@ -87,3 +93,25 @@ def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
     finally:
         for signum, current in previous.items():
             signal.signal(signum, current)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Within the block, the signal :func:`interrupted_by_signals` would raise is held back,
+    and raised as its ``KeyboardInterrupt`` when the block ends.
+
+    For short steps that must not be cut short: a cluster's close interrupted half-way left
+    its nannies waiting out their timeouts, or the next close waiting for ever. Where the
+    handlers are not this module's (a caller's own), signals act as they would anyway. If the
+    block raises, its exception goes on (the signal has already marked the run as stopping).
+    """
+    _hold["depth"] += 1
+    try:
+        yield
+    finally:
+        _hold["depth"] -= 1
+        pending = _hold["pending"] if _hold["depth"] == 0 else None
+        if pending is not None:
+            _hold["pending"] = None
+    if pending is not None:
+        raise KeyboardInterrupt(pending)
