@@ -16,7 +16,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["NannyDeaths", "watching_nanny_deaths"]
+__all__ = ["NANNY_LOGGER", "NannyDeaths", "death_description", "watching_nanny_deaths"]
 
 #: distributed's nanny's logger, and its messages for a worker that ended abnormally.
 NANNY_LOGGER = "distributed.nanny"
