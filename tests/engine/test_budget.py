@@ -34,6 +34,14 @@ def _decide(members, **values):
     return fit_to_budget(make_plan(members, "budget", params), params)
 
 
+def _peak(plan, kind, workers, keep_masks=False):
+    """The estimated peak of ``plan`` on the ``processes`` scheduler (``workers`` + 1
+    processes), the stack and median in ``kind``."""
+    return estimate_resources(
+        plan, kind=kind, n_workers=workers, processes=workers + 1, keep_masks=keep_masks
+    ).peak_memory
+
+
 def test_ample_budget_keeps_what_was_asked(members):
     decision = _decide(members, memory_limit="64GiB", n_workers=2)
     assert decision.in_memory is True
@@ -47,18 +55,10 @@ def test_small_budget_moves_the_stack_to_disk_and_drops_workers(members, caplog)
     params = OutlierParameters(n_workers=2)
     plan = make_plan(members, "budget", params)
 
-    def peak(in_memory, workers):
-        # The default scheduler (processes) shares the stack and median with its workers.
-        return estimate_resources(
-            plan,
-            kind=SHARED if in_memory else LOCAL_STORE,
-            n_workers=workers,
-            processes=workers + 1,
-        ).peak_memory
-
-    limit = peak(False, 1)
-    assert limit < peak(True, 1)
-    assert limit < peak(False, 2)
+    # The default scheduler (processes) shares the stack and median with its workers.
+    limit = _peak(plan, LOCAL_STORE, 1)
+    assert limit < _peak(plan, SHARED, 1)
+    assert limit < _peak(plan, LOCAL_STORE, 2)
     with caplog.at_level(logging.WARNING, logger="outlier_dask.engine.budget"):
         decision = _decide(members, memory_limit=limit, n_workers=2)
     assert decision.in_memory is False
@@ -168,15 +168,10 @@ def test_masks_count_only_when_they_come_back(members):
     plan = make_plan(members, "budget", params)
     pixels = sum(m.shape[0] * m.shape[1] for m in members)
 
-    def peak(workers, keep_masks):
-        return estimate_resources(
-            plan, kind=SHARED, n_workers=workers, processes=workers + 1, keep_masks=keep_masks
-        ).peak_memory
-
-    assert peak(2, True) - peak(2, False) == pixels
+    assert _peak(plan, SHARED, 2, keep_masks=True) - _peak(plan, SHARED, 2) == pixels
     # A budget that two workers fit only while the masks stay with them.
-    limit = peak(2, False)
-    assert peak(2, True) > limit
+    limit = _peak(plan, SHARED, 2)
+    assert _peak(plan, SHARED, 2, keep_masks=True) > limit
     left = fit_to_budget(plan, params.replace(memory_limit=str(limit)))
     returned = fit_to_budget(plan, params.replace(memory_limit=str(limit)), keep_masks=True)
     assert (left.n_workers, returned.n_workers) == (2, 1)
@@ -191,19 +186,14 @@ def test_out_of_core_the_median_goes_to_disk_when_that_keeps_the_workers(members
     params = OutlierParameters(n_workers=2, in_memory=False)
     plan = make_plan(members, "budget", params)
 
-    def peak(kind, workers):
-        return estimate_resources(
-            plan, kind=kind, n_workers=workers, processes=workers + 1
-        ).peak_memory
-
     # Median in memory fits one worker only; both on disk fit two.
-    limit = peak(STORE, 2)
-    assert peak(LOCAL_STORE, 1) <= limit < peak(LOCAL_STORE, 2)
+    limit = _peak(plan, STORE, 2)
+    assert _peak(plan, LOCAL_STORE, 1) <= limit < _peak(plan, LOCAL_STORE, 2)
     decision = fit_to_budget(plan, params.replace(memory_limit=str(limit)))
     assert (decision.handover, decision.n_workers) == (STORE, 2)
     assert "the median kept on disk too, so that 2 worker(s) fit" in decision.notes
     # With room for the median beside both workers, it stays in memory.
-    roomy = fit_to_budget(plan, params.replace(memory_limit=str(peak(LOCAL_STORE, 2))))
+    roomy = fit_to_budget(plan, params.replace(memory_limit=str(_peak(plan, LOCAL_STORE, 2))))
     assert (roomy.handover, roomy.n_workers, roomy.notes) == (LOCAL_STORE, 2, ())
 
 
@@ -215,13 +205,9 @@ def test_a_run_with_the_median_on_disk_flags_as_the_default_run(members, caplog)
     models = [m.model for m in members]
     plan = make_plan(members, "budget", OutlierParameters(n_workers=2, in_memory=False))
 
-    def peak(kind, workers):
-        return estimate_resources(
-            plan, kind=kind, n_workers=workers, processes=workers + 1, keep_masks=True
-        ).peak_memory
-
-    limit = peak(STORE, 2)
-    assert peak(LOCAL_STORE, 1) <= limit < peak(LOCAL_STORE, 2)
+    # In-memory models: their masks come back to this process.
+    limit = _peak(plan, STORE, 2, keep_masks=True)
+    assert _peak(plan, LOCAL_STORE, 1, True) <= limit < _peak(plan, LOCAL_STORE, 2, True)
     default = detect_outliers(models, scheduler="synchronous")
     with caplog.at_level(logging.WARNING, logger="outlier_dask.engine.budget"):
         on_disk = detect_outliers(
