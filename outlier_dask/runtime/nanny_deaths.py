@@ -26,13 +26,14 @@ _DEATH = re.compile(
 )
 
 
-def death_description(signum: int | None, status: int | None) -> str:
-    """``killed by SIGKILL`` or ``exited with status 3`` (``signum``: the signal's number)."""
-    if signum is not None:
+def death_description(exitcode: int) -> str:
+    """How a process ended, from its exit code as multiprocessing gives it (negative: the
+    signal that killed it): ``killed by SIGKILL`` or ``exited with status 3``."""
+    if exitcode < 0:
         with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(signum).name}"
-        return f"killed by signal {signum}"
-    return f"exited with status {status}"
+            return f"killed by {signal.Signals(-exitcode).name}"
+        return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
 
 
 class NannyDeaths(logging.Filter):
@@ -54,11 +55,9 @@ class NannyDeaths(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         found = _DEATH.search(record.getMessage())
         if found:
-            signum, status = found["signal"], found["status"]
-            how = death_description(
-                int(signum) if signum else None, int(status) if status else None
-            )
-            self.deaths.append(f"worker {found['pid']} {how}")
+            signum = found["signal"]
+            exitcode = -int(signum) if signum else int(found["status"])
+            self.deaths.append(f"worker {found['pid']} {death_description(exitcode)}")
             self._seen.set()
         return record.levelno >= self.shown_from
 

@@ -269,15 +269,6 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
-def _exit_description(exitcode: int | None) -> str:
-    """How a process ended, from its exit code (negative: the signal that killed it)."""
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        return death_description(-exitcode, None)
-    return death_description(None, exitcode)
-
-
 class WorkerPool:
     """The ``processes`` scheduler's pool of ``n`` forked workers, replaceable when one dies.
 
@@ -324,7 +315,7 @@ class WorkerPool:
         died = [p for p in ended if p.exitcode != -signal.SIGTERM] or ended
         if not died:
             return "ended abruptly"
-        return ", ".join(f"worker {p.pid} {_exit_description(p.exitcode)}" for p in died)
+        return ", ".join(f"worker {p.pid} {death_description(p.exitcode)}" for p in died)
 
     def replace(self) -> ProcessPoolExecutor:
         """Stop every worker of the broken pool and fork a fresh one."""
