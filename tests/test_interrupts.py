@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_hooks import python_path_with_hook
 
 from outlier_dask.synthetic import write_association
 
@@ -221,10 +222,7 @@ def test_a_local_cluster_run_stopped_by_sigterm_stops_its_workers_at_once(associ
     """SIGTERM to the whole process group (as ``kill -TERM -<pgid>`` and batch systems send it):
     the cluster's workers die of it, the command stops the cluster without waiting for them."""
     signum, group = signal.SIGTERM, True
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SLOW_DRIZZLE_HOOK)
-    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    path = python_path_with_hook(tmp_path / "hooks", SLOW_DRIZZLE_HOOK)
     env = {"PYTHONPATH": path, "OD_TEST_SLOW_DRIZZLE": "1"}
     run = _Run(association, tmp_path, ["--scheduler", "local-cluster"], env)
     assert run.marked.wait(120), "the drizzle stage never started:\n" + "".join(run.lines)
@@ -257,10 +255,7 @@ def slow_cluster(tmp_path):
     session (a Ctrl-C in the command's terminal does not reach them), whose group tasks
     announce themselves in the returned log and sleep. Yields ``(address, log)``."""
     distributed = pytest.importorskip("distributed")
-    hooks = tmp_path / "cluster_hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SLOW_DRIZZLE_HOOK)
-    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    path = python_path_with_hook(tmp_path / "cluster_hooks", SLOW_DRIZZLE_HOOK)
     env = {**os.environ, "PYTHONPATH": path, "OD_TEST_SLOW_DRIZZLE": "1"}
     address = f"tcp://127.0.0.1:{_free_port()}"
     log = tmp_path / "cluster.log"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from process_hooks import python_path_with_hook
 
 from outlier_dask import detect_outliers
 from outlier_dask.engine.stores import SCRATCH_PREFIX
@@ -271,10 +272,7 @@ def _interrupt_run(association, tmp_path, stage, signum, extra):
     Returns the exit status, seconds from the signal to the exit, stderr, and the pids of the
     processes that ran the stage.
     """
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SLOW_STAGE_HOOK)
-    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    path = python_path_with_hook(tmp_path / "hooks", SLOW_STAGE_HOOK)
     env = dict(os.environ, PYTHONPATH=path, OD_TEST_SLOW_STAGE=stage)
     command = [
         sys.executable,

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from astropy.io import fits
+from process_hooks import python_path_with_hook
 
 from outlier_dask import detect_outliers
 from outlier_dask.runtime.schedulers import WORKER_RESTARTS, WorkerDiedError
@@ -240,10 +241,7 @@ def test_a_local_cluster_whose_workers_keep_dying_names_the_signal(
     the one line says which worker died last and of which signal (its nanny's record)."""
     import dask
 
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(KILLING_DRIZZLE_HOOK)
-    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    path = python_path_with_hook(tmp_path / "hooks", KILLING_DRIZZLE_HOOK)
     monkeypatch.setenv("PYTHONPATH", path)  # the cluster's spawned workers inherit it
     monkeypatch.setenv("OD_TEST_KILL_DRIZZLE", "1")
     nanny_logger = logging.getLogger("distributed.nanny")
