@@ -176,27 +176,29 @@ def drizzle_onto_region(
     weight : ndarray, shape (ry, rx), float32
         Summed drizzle weight per output pixel.
     """
-    # Drizzle fills every output pixel without weight after each call, a pass over the whole
-    # region per strip; its "INDEF" leaves them, and they are filled once at the end. A
-    # pixel's value only depends on its weights, never on what it held before (a pixel's
-    # first weight overwrites it), so the result is the same bit for bit.
-    driz = Drizzle(kernel=kernel, fillval="INDEF", out_shape=region_shape, disable_ctx=True)
-    added = 0
+    # Drizzle fills every output pixel without weight after each call: a pass over the whole
+    # region per strip, as long as the strip's own drizzling. Its "INDEF" skips that pass only
+    # when the caller passes the output array (drizzle turns "INDEF" into "NaN" for arrays it
+    # allocates), so the array starts at the fill value here and is filled once at the end. A
+    # pixel's value only depends on its weights, never on what it held before (a pixel's first
+    # weight overwrites it), so the result is the same bit for bit.
+    fill = np.float32(fill_value_number(fillval))
+    driz = Drizzle(
+        kernel=kernel,
+        fillval="INDEF",
+        out_img=np.full(region_shape, fill, dtype=np.float32),
+        disable_ctx=True,
+    )
     remaining = iter(inputs)
     # Each input is dropped before the next is loaded (a loop variable would keep it alive
     # while the iterator builds the next one): one input's arrays at a time.
     while (item := next(remaining, None)) is not None:
         per_strip = strip_rows(item.data.shape[1], pixmap_bytes or STRIP_PIXMAP_BYTES)
         _add_in_strips(driz, item, per_strip, pixfrac)
-        added += 1
         del item
-    if not added:
-        return (
-            np.full(region_shape, fill_value_number(fillval), dtype=np.float32),
-            np.zeros(region_shape, dtype=np.float32),
-        )
     data, weight = driz.out_img, driz.out_wht
-    np.copyto(data, np.float32(fill_value_number(fillval)), where=weight == 0)
+    # As drizzle's fill: every pixel whose summed weight is 0, even one a weight reached.
+    np.copyto(data, fill, where=weight == 0)
     return data, weight
 
 
