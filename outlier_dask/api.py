@@ -160,8 +160,12 @@ def _resolve_inputs(
         entries = [AssociationMember(p.resolve()) for p in paths]
         product = product_name_for_files([stem_of(p.name) for p in paths])
     load_asdf_extensions()  # before any worker forks
-    with reading_map(params or OutlierParameters(), len(entries)) as mapper:
-        return product, members_from_files(entries, mapper), True
+    params = params or OutlierParameters()
+    # The search for usable pixels (a check before the run) is made by the readers, side by
+    # side, while each file is open: in this process it would grow with the association.
+    usable_under = (params.good_bits, params.weight_type == "ivm")
+    with reading_map(params, len(entries)) as mapper:
+        return product, members_from_files(entries, mapper, usable_under=usable_under), True
 
 
 def _is_association_path(inputs: Any) -> bool:

@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from outlier_dask.io.association import (
     AssociationMember,
     group_id_from_observation,
 )
+from outlier_dask.kernels.dq import good_pixel_mask
 from outlier_dask.kernels.weights import var_rnoise_usable
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "FileSource",
     "Member",
     "PixelSource",
+    "UsablePixels",
+    "find_usable_pixels",
     "members_from_files",
     "members_from_models",
     "stem_of",
@@ -169,6 +173,80 @@ def _dtype(name: str) -> type:
     return np.uint32 if name == "DQ" else np.float32
 
 
+#: Rows read at a time while looking for a usable pixel; the search stops at the first band
+#: holding one, so a normal input costs one band of each array.
+USABLE_SEARCH_ROWS = 256
+
+
+@dataclass(frozen=True)
+class UsablePixels:
+    """What a member's usable pixels hold, as the checks before a run need it.
+
+    A pixel is usable when no DQ bit outside ``good_bits`` is set and SCI is finite there.
+
+    Attributes
+    ----------
+    good_bits : str
+        The ``good_bits`` this was found under.
+    rnoise : bool
+        Whether VAR_RNOISE was looked at (``weight_type="ivm"`` with a usable VAR_RNOISE).
+    pixels : bool
+        Some pixel is usable.
+    err : bool
+        ERR is finite and above 0 at a usable pixel.
+    var_rnoise : bool
+        VAR_RNOISE is finite and above 0 at a usable pixel (True when not looked at).
+    """
+
+    good_bits: str
+    rnoise: bool
+    pixels: bool
+    err: bool
+    var_rnoise: bool
+
+
+def find_usable_pixels(
+    source: PixelSource, shape: tuple[int, int], good_bits: str, rnoise: bool
+) -> UsablePixels:
+    """Look for a usable pixel of ``source`` (SCI of ``shape``), and for a real noise there.
+
+    Bands of :data:`USABLE_SEARCH_ROWS` rows are read until every answer is yes, so a normal
+    input costs one band of DQ, SCI, ERR (and, with ``rnoise``, VAR_RNOISE).
+    """
+    ny, nx = shape
+    pixels = err = False
+    var = not rnoise
+    for r0 in range(0, ny, USABLE_SEARCH_ROWS):
+        window = ((r0, min(ny, r0 + USABLE_SEARCH_ROWS)), (0, nx))
+        dq, sci = source.read_all(("DQ", "SCI"), window)
+        good = good_pixel_mask(dq, good_bits) & np.isfinite(sci)
+        if not good.any():
+            continue
+        pixels = True
+        names = ("ERR", "VAR_RNOISE") if not var else ("ERR",)
+        for name, values in zip(names, source.read_all(names, window), strict=True):
+            with np.errstate(invalid="ignore"):
+                positive = bool((values[good] > 0).any())  # NaN compares False
+            if name == "ERR":
+                err = err or positive
+            else:
+                var = var or positive
+        if err and var:
+            break
+    return UsablePixels(good_bits, rnoise, pixels, err, var)
+
+
+@dataclass(frozen=True)
+class _OpenFileSource(PixelSource):
+    """The arrays of a FITS file already open raw (as :class:`FileSource` opens it)."""
+
+    hdul: fits.HDUList
+
+    def read(self, name: str, window: Window | None = None) -> np.ndarray | None:
+        """See :meth:`PixelSource.read`."""
+        return _window_of(self.hdul, name, window)
+
+
 @dataclass
 class Member:
     """Everything the plan needs to know about one input, read without its pixels.
@@ -201,6 +279,9 @@ class Member:
         The input file, when the member came from one.
     has_var_rnoise : bool
         Whether VAR_RNOISE exists with the shape of SCI.
+    usable : UsablePixels or None
+        What its pixels hold under the run's ``good_bits``, found while the file was open for
+        its metadata; None where not looked at yet.
     """
 
     index: int
@@ -215,6 +296,7 @@ class Member:
     source: PixelSource
     path: Path | None = None
     has_var_rnoise: bool = True
+    usable: UsablePixels | None = None
     model: datamodels.ImageModel | None = field(default=None, repr=False)
 
     @property
@@ -347,6 +429,8 @@ def load_asdf_extensions() -> int:
 def members_from_files(
     entries: Sequence[AssociationMember],
     mapper: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map,
+    *,
+    usable_under: tuple[str, bool] | None = None,
 ) -> list[Member]:
     """Read the metadata of every member file (pixels stay on disk).
 
@@ -357,6 +441,9 @@ def members_from_files(
     mapper : callable
         ``mapper(function, items)`` yielding ``function(item)`` in order: ``map``, or a pool's
         map to read files side by side (results and errors are picklable).
+    usable_under : (str, bool), optional
+        ``(good_bits, uses_var_rnoise)``: also find each member's :attr:`Member.usable` while
+        its file is open (``uses_var_rnoise``: ``weight_type="ivm"``).
 
     Raises
     ------
@@ -364,10 +451,12 @@ def members_from_files(
         Naming the file, if one is not FITS, not a JWST image model, or lacks what the step
         needs (WCS, S_REGION, a positive exposure time).
     """
-    return list(mapper(_member_of_entry, enumerate(entries)))
+    return list(mapper(partial(_member_of_entry, usable_under=usable_under), enumerate(entries)))
 
 
-def _member_of_entry(numbered: tuple[int, AssociationMember]) -> Member:
+def _member_of_entry(
+    numbered: tuple[int, AssociationMember], usable_under: tuple[str, bool] | None = None
+) -> Member:
     """:func:`_member_from_file` of ``(index, entry)``, without asdf's schema validation.
 
     The schema validation of each whole tree on read is a fifth of the metadata time, and
@@ -378,10 +467,12 @@ def _member_of_entry(numbered: tuple[int, AssociationMember]) -> Member:
     index, entry = numbered
     with asdf.config_context() as config:
         config.validate_on_read = False
-        return _member_from_file(entry, index)
+        return _member_from_file(entry, index, usable_under)
 
 
-def _member_from_file(entry: AssociationMember, index: int) -> Member:
+def _member_from_file(
+    entry: AssociationMember, index: int, usable_under: tuple[str, bool] | None = None
+) -> Member:
     """One member's metadata from its file (see :func:`members_from_files`)."""
     label = str(entry.path)
     hdul = None
@@ -422,7 +513,16 @@ def _member_from_file(entry: AssociationMember, index: int) -> Member:
         ) from None
     with hdul:
         source = FileSource(str(entry.path), shapes)
-        return _member_from_fields(fields, index, label, source, entry.group_id, entry.path)
+        member = _member_from_fields(fields, index, label, source, entry.group_id, entry.path)
+        # Only where the checks of the arrays' shapes will pass; they refuse the others.
+        arrays_fit = all(shapes.get(name) == member.shape for name in ("DQ", "ERR"))
+        if usable_under is not None and arrays_fit:
+            good_bits, uses_var_rnoise = usable_under
+            rnoise = uses_var_rnoise and member.has_var_rnoise
+            member.usable = find_usable_pixels(
+                _OpenFileSource(hdul), member.shape, good_bits, rnoise
+            )
+        return member
 
 
 def _refuse_truncated(hdul: fits.HDUList, path: Path, label: str) -> None:

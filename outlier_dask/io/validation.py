@@ -19,7 +19,6 @@ import shutil
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,8 +26,7 @@ import numpy as np
 
 from outlier_dask.geometry.output_grid import footprints_from_s_region
 from outlier_dask.io.association import AssociationError
-from outlier_dask.io.members import Member
-from outlier_dask.kernels.dq import good_pixel_mask
+from outlier_dask.io.members import Member, UsablePixels, find_usable_pixels
 from outlier_dask.kernels.weights import var_rnoise_usable
 from outlier_dask.parameters import OutlierParameters, ParameterError
 
@@ -53,9 +51,6 @@ log = logging.getLogger(__name__)
 SCHEDULER_CONNECT_TIMEOUT_S = 5.0
 #: Port of a ``tcp://`` or ``tls://`` address that gives none (distributed's default).
 DEFAULT_SCHEDULER_PORT = 8786
-#: Rows of DQ (and SCI) read at a time while looking for a usable pixel; the search stops at
-#: the first band holding one, so a normal input costs one band.
-USABLE_SEARCH_ROWS = 256
 #: Footprints closer than this (degrees, ~0.04 arcsec) count as touching, not overlapping.
 OVERLAP_TOLERANCE_DEG = 1e-5
 #: Names listed in one warning before "and N more".
@@ -189,45 +184,13 @@ def check_arrays(members: Sequence[Member], params: OutlierParameters) -> None:
             )
 
 
-@dataclass(frozen=True)
-class _Usable:
-    """What the first rows with usable pixels of an input say about its arrays."""
-
-    pixels: bool
-    err: bool
-    var_rnoise: bool
-
-
-def _usable(member: Member, good_bits: str, rnoise: bool) -> _Usable:
-    """Whether any pixel is usable (no bad DQ bit under ``good_bits``, finite SCI), and
-    whether ERR (and, with ``rnoise``, VAR_RNOISE) is finite and above 0 at any of them.
-
-    Rows are read a window at a time until every answer is yes, so a normal input costs one
-    window of each array.
-    """
-    ny, nx = member.shape
-    pixels = err = False
-    var = not rnoise
-    for r0 in range(0, ny, USABLE_SEARCH_ROWS):
-        window = ((r0, min(ny, r0 + USABLE_SEARCH_ROWS)), (0, nx))
-        good = good_pixel_mask(member.source.read("DQ", window), good_bits)
-        if not good.any():
-            continue
-        good &= np.isfinite(member.source.read("SCI", window))
-        if not good.any():
-            continue
-        pixels = True
-        names = ("ERR", "VAR_RNOISE") if not var else ("ERR",)
-        for name, values in zip(names, member.source.read_all(names, window), strict=True):
-            with np.errstate(invalid="ignore"):
-                positive = bool((values[good] > 0).any())  # NaN compares False
-            if name == "ERR":
-                err = err or positive
-            else:
-                var = var or positive
-        if err and var:
-            break
-    return _Usable(pixels, err, var)
+def usable_pixels_of(member: Member, good_bits: str, rnoise: bool) -> UsablePixels:
+    """What ``member``'s usable pixels hold: as found when it was read, if that was under the
+    same ``good_bits`` (and VAR_RNOISE use), else looked for now."""
+    found = member.usable
+    if found is not None and (found.good_bits, found.rnoise) == (good_bits, rnoise):
+        return found
+    return find_usable_pixels(member.source, member.shape, good_bits, rnoise)
 
 
 def check_usable_pixels(members: Sequence[Member], params: OutlierParameters) -> None:
@@ -245,7 +208,7 @@ def check_usable_pixels(members: Sequence[Member], params: OutlierParameters) ->
         and var_rnoise_usable(m.source.shape_of("VAR_RNOISE"), m.shape)
         for m in members
     }
-    found = {m.name: _usable(m, params.good_bits, rnoise[m.name]) for m in members}
+    found = {m.name: usable_pixels_of(m, params.good_bits, rnoise[m.name]) for m in members}
     empty = [name for name, usable in found.items() if not usable.pixels]
     if len(empty) == len(members):
         raise AssociationError(

@@ -152,3 +152,61 @@ def test_few_members_or_a_scheduler_without_processes_read_here(scheduler, n_mem
 
     with reading_map(OutlierParameters(scheduler=scheduler, n_workers=2), n_members) as mapper:
         assert mapper is map
+
+
+def _tall_file(folder, err_value, good_row):
+    """One 600 x 40 input: DQ bad (DO_NOT_USE) everywhere but row ``good_row``, ERR
+    ``err_value`` everywhere but one pixel of that row (1.0)."""
+    models, _ = make_models(n_exposures=1, n_detectors=1, detector_shape=(600, 40), seed=6)
+    model = models[0]
+    model.dq[...] = 1
+    model.dq[good_row] = 0
+    model.err[...] = err_value
+    model.err[good_row, 17] = 1.0
+    path = folder / "tall_cal.fits"
+    model.save(path)
+    return AssociationMember(path=path, group_id=None)
+
+
+@pytest.mark.parametrize("good_row", [3, 300, 599])
+def test_the_usable_pixel_search_reads_bands_until_it_finds_one(tmp_path, good_row):
+    from outlier_dask.io.members import find_usable_pixels
+
+    entry = _tall_file(tmp_path, 0.0, good_row)
+    (member,) = members_from_files([entry], usable_under=("~DO_NOT_USE", True))
+    found = member.usable
+    assert (found.pixels, found.err, found.var_rnoise) == (True, True, True)
+    assert found == find_usable_pixels(member.source, member.shape, "~DO_NOT_USE", True)
+    # With DO_NOT_USE counted as good every pixel is usable; ERR is 0 at all but one of them,
+    # which the search reaches band by band.
+    anywhere = find_usable_pixels(member.source, member.shape, "1", False)
+    assert (anywhere.pixels, anywhere.err) == (True, True)
+
+
+def test_the_usable_pixel_search_sees_err_without_a_real_value(tmp_path):
+    from outlier_dask.io.members import find_usable_pixels
+
+    entry = _tall_file(tmp_path, np.nan, 300)
+    with fits.open(entry.path, mode="update") as hdul:
+        hdul["ERR"].data[300, 17] = 0.0
+    (member,) = members_from_files([entry], usable_under=("~DO_NOT_USE", False))
+    assert (member.usable.pixels, member.usable.err) == (True, False)
+    assert member.usable == find_usable_pixels(member.source, member.shape, "~DO_NOT_USE", False)
+
+
+def test_members_read_without_a_search_have_none(cal_file):
+    assert _read(cal_file).usable is None
+
+
+def test_readers_find_the_usable_pixels_a_search_here_finds(many_cal_files):
+    from outlier_dask.io.members import find_usable_pixels
+    from outlier_dask.parameters import OutlierParameters
+    from outlier_dask.runtime.reading import reading_map
+
+    under = ("~DO_NOT_USE+JUMP_DET", True)
+    with reading_map(OutlierParameters(n_workers=2), len(many_cal_files)) as mapper:
+        members = members_from_files(many_cal_files, mapper, usable_under=under)
+    for member in members:
+        assert member.usable == find_usable_pixels(member.source, member.shape, *under)
+        assert member.usable.pixels
+        assert member.usable.err

@@ -397,3 +397,28 @@ def test_var_rnoise_without_a_weight_is_a_warning(models, caplog, value):
     with caplog.at_level(logging.WARNING, logger="outlier_dask"):
         _run(models, weight_type="exptime")
     assert "VAR_RNOISE is 0" not in caplog.text
+
+
+def test_err_without_a_real_value_in_a_file_is_refused(models, tmp_path, no_heavy_work):
+    """Files are searched for usable pixels by the readers, while they are open."""
+    models[1].err[...] = 0.0
+    for model in models:
+        model.save(tmp_path / model.meta.filename)
+    with pytest.raises(
+        AssociationError, match=rf"{models[1].meta.filename}: ERR is 0 or not finite at every"
+    ):
+        _run([tmp_path / m.meta.filename for m in models], output_dir=tmp_path / "out")
+
+
+def test_a_search_under_other_good_bits_is_made_again(models):
+    """What a reader found under one good_bits is not used under another."""
+    import dataclasses
+
+    from outlier_dask.io.members import UsablePixels, members_from_models
+
+    member = members_from_models(models[:1])[0]
+    wrong = UsablePixels("~DO_NOT_USE", False, pixels=False, err=False, var_rnoise=False)
+    member = dataclasses.replace(member, usable=wrong)
+    assert validation.usable_pixels_of(member, "~DO_NOT_USE", False) is wrong
+    again = validation.usable_pixels_of(member, "~DO_NOT_USE+JUMP_DET", False)
+    assert (again.pixels, again.err) == (True, True)
