@@ -3,17 +3,19 @@
 The JWST pipeline's ``outlier_detection`` step (imaging mode) with the same flags, run as Dask
 graphs: in parallel, out of core, on a cluster.
 
-The names below are imported on first use, so that ``import outlier_dask.cli`` (the
-command's entry point) loads no numpy: the command sets up its process before numpy starts
-its thread pools (:mod:`outlier_dask.runtime.process`).
+The names below are imported on first use, so that the command's entry point
+(:mod:`outlier_dask.command`) loads nothing before it holds back SIGINT and SIGTERM and sets
+up its process, before numpy starts its thread pools (:mod:`outlier_dask.runtime.process`).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not typing's: the command's entry point imports this package first
 if TYPE_CHECKING:
+    from typing import Any
+
     from outlier_dask.api import OutlierResult, detect_outliers
     from outlier_dask.parameters import OutlierParameters, ParameterError
     from outlier_dask.step import OutlierDetectionDaskStep as OutlierDetectionDaskStep

@@ -1,24 +1,29 @@
 """The ``outlier-dask`` command's entry point, which sets up its process before anything loads.
 
 The installed command and ``python -m outlier_dask`` call :func:`command`. This module imports
-only what the set-up needs (:mod:`outlier_dask.runtime.process`, which installs the SIGINT and
-SIGTERM handlers first), so that a signal while the command's own modules load (argparse,
-then numpy, jwst and dask) already ends it with its one line and exit status. Only the
-interpreter's start-up and the import of this module come earlier.
+nothing beyond :mod:`signal` and :mod:`sys`, and :func:`command` holds SIGINT and SIGTERM back
+(blocks them) from its first line until its handlers exist
+(:mod:`outlier_dask.runtime.process`): a signal while the command's own modules load (its
+handlers' module, argparse, then numpy, jwst and dask) ends it with its one line and exit
+status. Only the interpreter's start-up (its ``site`` module and the installed script's first
+lines) comes earlier; a signal there ends it as it ends any Python program.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Sequence
 
-from outlier_dask.runtime.process import command_process
+TYPE_CHECKING = False  # typing itself is not imported yet: it would widen the window above
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-__all__ = ["EXIT_SIGNAL_BASE", "command", "report_interrupt"]
+__all__ = ["EXIT_SIGNAL_BASE", "STOP_SIGNALS", "command", "report_interrupt"]
 
 #: A shell's status for a process ended by a signal: 128 + the signal's number.
 EXIT_SIGNAL_BASE = 128
+#: The signals the command turns into its one-line report.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def command(argv: Sequence[str] | None = None) -> int:
@@ -28,12 +33,21 @@ def command(argv: Sequence[str] | None = None) -> int:
     (:mod:`outlier_dask.runtime.process`). Call ``main`` instead from a process that goes on
     afterwards.
     """
-    with command_process():
-        try:
-            from outlier_dask.cli import main
-        except KeyboardInterrupt as interrupt:
-            return report_interrupt(interrupt)
-        return main(argv)
+    # Held until the handlers exist (loading their module takes longer than the interpreter's
+    # start-up); one that arrives meanwhile is delivered to them when released.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        from outlier_dask.runtime.process import command_process
+
+        with command_process():
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                from outlier_dask.cli import main
+            except KeyboardInterrupt as interrupt:
+                return report_interrupt(interrupt)
+            return main(argv)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def report_interrupt(interrupt: KeyboardInterrupt) -> int:

@@ -97,18 +97,14 @@ def _shared_memory_of(pids: set[int]) -> set[str]:
 
 
 def _signal_set(pid: int, field: str, signum: int) -> bool:
-    """Whether ``signum`` is in the process's ``SigCgt`` (caught) or ``SigIgn`` (ignored)."""
+    """Whether ``signum`` is in the process's ``SigCgt`` (caught), ``SigIgn`` (ignored) or
+    ``SigBlk`` (blocked, in its main thread)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
     mask = int(next(line for line in status.splitlines() if line.startswith(field)).split()[1], 16)
     return bool(mask & (1 << (signum - 1)))
-
-
-def _catches_sigterm(pid: int) -> bool:
-    """Whether the process has a handler for SIGTERM (the command's, once installed)."""
-    return _signal_set(pid, "SigCgt", signal.SIGTERM)
 
 
 def _alive(pid: int) -> bool:
@@ -196,18 +192,24 @@ def _messages(stderr: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("moment", ["first", 0.3], ids=["handlers-installed", "after-0.3s"])
+@pytest.mark.parametrize(
+    "moment", ["held", "caught", 0.3], ids=["first-line", "handlers-installed", "after-0.3s"]
+)
 def test_a_signal_during_start_up_ends_the_command_with_one_line(
     association, tmp_path, signum, moment
 ):
-    """``first``: the moment the command's handlers exist (polled from /proc, ~0.04 s after
-    the start here); before that only the interpreter's start-up and the entry module's
-    import run. Either way the command is still importing numpy, jwst and dask."""
+    """``held``: the moment the entry point's first line blocks the signals (polled from /proc,
+    before its handlers' module loads); before it only the interpreter's start-up runs.
+    ``caught``: the moment the handlers exist. Either way the command is still importing
+    numpy, jwst and dask."""
     run = _Run(association, tmp_path, [], {})
-    if moment == "first":
+    if moment in ("held", "caught"):
+        field = "SigBlk" if moment == "held" else "SigCgt"
         deadline = time.monotonic() + HANG_S
-        while not _catches_sigterm(run.process.pid) and time.monotonic() < deadline:
-            time.sleep(0.001)
+        while (
+            not _signal_set(run.process.pid, field, signal.SIGTERM) and time.monotonic() < deadline
+        ):
+            time.sleep(0.0005)
     else:
         time.sleep(moment)
     status, _, children, shm = run.signal_and_wait(signum, group=True)
