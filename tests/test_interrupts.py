@@ -4,6 +4,7 @@ behind: no product, no scratch, no process, no semaphore or shared memory in ``/
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -105,6 +106,17 @@ def _signal_set(pid: int, field: str, signum: int) -> bool:
         return False
     mask = int(next(line for line in status.splitlines() if line.startswith(field)).split()[1], 16)
     return bool(mask & (1 << (signum - 1)))
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The processes started by ``pid`` through multiprocessing's ``spawn`` (a cluster's
+    workers), now."""
+    workers = []
+    for child in _descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"multiprocessing.spawn" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+    return workers
 
 
 def _alive(pid: int) -> bool:
@@ -229,11 +241,7 @@ def test_a_local_cluster_run_stopped_by_sigterm_stops_its_workers_at_once(associ
     run = _Run(association, tmp_path, ["--scheduler", "local-cluster"], env)
     assert run.marked.wait(120), "the drizzle stage never started:\n" + "".join(run.lines)
     time.sleep(0.3)  # let the other worker pick up its task
-    workers = [
-        pid
-        for pid in _descendants(run.process.pid)
-        if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    workers = _spawned_workers(run.process.pid)
     # A terminal's Ctrl-C reaches them too: they leave it to the command (a preload).
     assert len(workers) == 2
     assert all(_signal_set(pid, "SigIgn", signal.SIGINT) for pid in workers)
@@ -242,6 +250,50 @@ def test_a_local_cluster_run_stopped_by_sigterm_stops_its_workers_at_once(associ
     assert status == 128 + signum, stderr
     assert _messages(stderr) == [f"outlier-dask: interrupted ({signal.Signals(signum).name})"]
     assert children, "the cluster's worker processes were not seen"
+    _assert_nothing_left(run, children, shm)
+
+
+@pytest.mark.parametrize("spawned", [True, False], ids=["spawned-worker", "any-other-process"])
+def test_the_command_s_module_ignores_sigint_only_in_a_spawned_worker(spawned):
+    """Importing the command's module (what a spawned worker does first, as it runs the
+    command's script again) ignores SIGINT in a process that multiprocessing's ``spawn``
+    started, and changes nothing in any other."""
+    probe = (
+        "import signal, outlier_dask.command; "
+        "print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"
+    )
+    flags = ["--multiprocessing-fork"] if spawned else []
+    shown = subprocess.run(
+        [sys.executable, "-c", probe, *flags], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert shown == str(spawned)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_local_cluster_s_workers_start_ends_the_command_with_one_line(
+    association, tmp_path
+):
+    """A terminal's Ctrl-C as soon as the cluster's worker processes ignore it (their first
+    module, the command's script run again, sets that; before it only their interpreter's
+    start-up runs), while they still import distributed and the command waits for the
+    cluster's start: one line, the starting cluster closed, nothing left. Each worker used to
+    print its ``KeyboardInterrupt`` traceback, and the cluster cut short in its start its own
+    from distributed's exit hook."""
+    if not Path(sys.executable).with_name("outlier-dask").exists():
+        pytest.skip("needs the installed command (its workers run its script again)")
+    run = _Run(association, tmp_path, ["--scheduler", "local-cluster"], {})
+    deadline = time.monotonic() + HANG_S
+    workers: list[int] = []
+    while time.monotonic() < deadline:
+        workers = _spawned_workers(run.process.pid)
+        if len(workers) == 2 and all(_signal_set(pid, "SigIgn", signal.SIGINT) for pid in workers):
+            break
+        time.sleep(0.001)
+    assert len(workers) == 2, "the cluster's workers were not seen:\n" + "".join(run.lines)
+    status, _, children, shm = run.signal_and_wait(signal.SIGINT, group=True)
+    stderr = run.stderr()
+    assert status == 128 + signal.SIGINT, stderr
+    assert _messages(stderr) == ["outlier-dask: interrupted (SIGINT)"]
     _assert_nothing_left(run, children, shm)
 
 

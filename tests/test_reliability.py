@@ -446,6 +446,26 @@ def test_a_signal_during_a_held_step_is_raised_when_the_step_is_done():
     assert steps[-1] == "a later step"
 
 
+def test_a_held_step_that_fails_after_a_signal_raises_the_interrupt_from_its_error():
+    """A signal came first (a Ctrl-C that also killed a starting cluster's workers): the run
+    stops as interrupted, the step's error kept as the cause; without a signal the error goes
+    on as it is."""
+    from outlier_dask.runtime.signals import signals_held
+
+    def failing_step(signalled: bool) -> None:
+        with interrupted_by_signals(), signals_held():
+            if signalled:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+            raise RuntimeError("the cluster's start failed")
+
+    with pytest.raises(KeyboardInterrupt, match="SIGINT") as interrupted:
+        failing_step(signalled=True)
+    assert isinstance(interrupted.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="start failed"):
+        failing_step(signalled=False)
+
+
 def test_signal_handlers_chosen_by_the_caller_are_kept():
     calls = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))

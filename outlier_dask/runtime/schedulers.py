@@ -427,22 +427,30 @@ def _distributed_runner(
 
     if params.scheduler == "local-cluster":
         memory = parse_memory_size(params.memory_limit) // n if params.memory_limit else "auto"
-        with (
-            dask.config.set({"temporary-directory": spill_dir} if spill_dir else {}),
-            LocalCluster(
-                n_workers=n,
-                threads_per_worker=params.threads_per_worker,
-                memory_limit=memory,
-                processes=True,
-                # The laptop mode listens on loopback only, the dashboard on a free port.
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                local_directory=spill_dir,
-                preload=["outlier_dask.runtime.cluster_worker"],
-            ) as cluster,
-            Client(cluster) as client,
-            watching_nanny_deaths() as deaths,
-        ):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(
+                dask.config.set({"temporary-directory": spill_dir} if spill_dir else {})
+            )
+            # A signal while the cluster starts waits until it is on the stack, which then
+            # closes it: cut short inside its start, the cluster was left to distributed's
+            # exit hook, which printed a traceback.
+            with signals_held():
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=n,
+                        threads_per_worker=params.threads_per_worker,
+                        memory_limit=memory,
+                        processes=True,
+                        # The laptop mode listens on loopback only, the dashboard on a free
+                        # port.
+                        host="127.0.0.1",
+                        dashboard_address="127.0.0.1:0",
+                        local_directory=spill_dir,
+                        preload=["outlier_dask.runtime.cluster_worker"],
+                    )
+                )
+            client = stack.enter_context(Client(cluster))
+            deaths = stack.enter_context(watching_nanny_deaths())
             log.info("dask dashboard: %s", client.dashboard_link)
             try:
                 yield Runner("distributed", n, {"scheduler": client}, client, nanny_deaths=deaths)

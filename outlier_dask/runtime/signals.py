@@ -103,15 +103,22 @@ def signals_held() -> Iterator[None]:
     For short steps that must not be cut short: a cluster's close interrupted half-way left
     its nannies waiting out their timeouts, or the next close waiting for ever. Where the
     handlers are not this module's (a caller's own), signals act as they would anyway. If the
-    block raises, its exception goes on (the signal has already marked the run as stopping).
+    block fails after a signal was held, the ``KeyboardInterrupt`` is raised from its error:
+    the signal came first and is what stops the run (a terminal's Ctrl-C also reaches a
+    cluster's workers as they start, whose death then fails the cluster's start).
     """
     _hold["depth"] += 1
+    failure: Exception | None = None
     try:
         yield
+    except Exception as error:
+        failure = error
     finally:
         _hold["depth"] -= 1
         pending = _hold["pending"] if _hold["depth"] == 0 else None
         if pending is not None:
             _hold["pending"] = None
     if pending is not None:
-        raise KeyboardInterrupt(pending)
+        raise KeyboardInterrupt(pending) from failure
+    if failure is not None:
+        raise failure
