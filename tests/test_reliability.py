@@ -3,6 +3,7 @@ product and no scratch, and a re-run gives the result of an uninterrupted run.""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from process_hooks import python_path_with_hook
 from outlier_dask import detect_outliers
 from outlier_dask.engine.stores import SCRATCH_PREFIX
 from outlier_dask.io.validation import DiskFullError, OutputError
-from outlier_dask.runtime.signals import interrupted_by_signals
+from outlier_dask.runtime.signals import interrupted_by_signals, interrupts_not_lost
 from outlier_dask.synthetic import write_association
 
 #: Longest time a run may take to stop after SIGINT or SIGTERM.
@@ -444,6 +446,38 @@ def test_a_signal_during_a_held_step_is_raised_when_the_step_is_done():
     with interrupted_by_signals(), signals_held():  # nothing is left held from before
         steps.append("a later step")
     assert steps[-1] == "a later step"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "python-drops-it"])
+def test_an_interrupt_raised_inside_a_weakref_callback_is_raised_again(kept):
+    """The signal's handler runs inside a weakref callback (as it can inside an import's
+    module lock): Python drops the ``KeyboardInterrupt`` raised there. The command's process
+    (``interrupts_not_lost``) raises it again at the next line; without it the run went on,
+    deaf to later signals."""
+
+    class Thing:
+        pass
+
+    def callback(_ref: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, inside the callback
+
+    def go_on() -> list[weakref.ref]:
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing
+        for _ in range(20):
+            time.sleep(0.005)
+        return [ref]
+
+    guard = interrupts_not_lost() if kept else contextlib.nullcontext()
+    with interrupted_by_signals(announce=False), guard:
+        if kept:
+            with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+                go_on()
+        else:
+            assert go_on(), "Python dropped the interrupt and the code went on"
 
 
 def test_a_held_step_that_fails_after_a_signal_raises_the_interrupt_from_its_error():

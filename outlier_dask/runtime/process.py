@@ -19,6 +19,8 @@ a task's fresh arrays take fewer page faults (measured on the performance page).
   :mod:`outlier_dask.runtime.signals` are installed before anything heavy is imported and stay
   for the life of the process, so a signal during the imports, the planning or the start of
   the workers ends the command as one during the run does: one line, exit status 130 or 143.
+  One that Python would drop (its ``KeyboardInterrupt`` raised inside a weakref callback or a
+  ``__del__``) is raised again (:func:`~outlier_dask.runtime.signals.interrupts_not_lost`).
   Only the interpreter's own start-up (before the entry point's first line) comes earlier.
 """
 
@@ -30,7 +32,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from outlier_dask.runtime.signals import interrupted_by_signals
+from outlier_dask.runtime.signals import interrupted_by_signals, interrupts_not_lost
 
 __all__ = ["BLAS_THREAD_VARIABLES", "command_process"]
 
@@ -55,7 +57,7 @@ def command_process() -> Iterator[None]:
     into its one-line report and exit status; after it (the command has returned its status)
     they are ignored while the interpreter exits.
     """
-    with interrupted_by_signals(announce=False):
+    with interrupted_by_signals(announce=False), interrupts_not_lost():
         _set_library_defaults()
         yield
     # Only the interpreter's exit is left (~0.5 s: its last collection and module teardown);

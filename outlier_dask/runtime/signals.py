@@ -18,13 +18,19 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
-__all__ = ["interrupted_by_signals", "signals_held"]
+__all__ = ["interrupted_by_signals", "interrupts_not_lost", "signals_held"]
 
 log = logging.getLogger(__name__)
 
 #: While :func:`signals_held` runs: how many holds are open, and the signal held back.
 _hold: dict[str, object] = {"depth": 0, "pending": None}
+#: The signal whose ``KeyboardInterrupt`` Python dropped, to be raised again
+#: (:func:`interrupts_not_lost`).
+_lost: dict[str, Any] = {"name": None, "in_hook": False}
+#: Seconds before a dropped interrupt's signal is sent again (the hook has returned by then).
+_RESEND_DELAY_S = 0.005
 
 
 def _replaceable(signum: int, current: object) -> bool:
@@ -65,18 +71,24 @@ def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
                 return
             raise KeyboardInterrupt
         name = signal.Signals(signum).name
-        if stopping.is_set():
+        if _lost["name"] == name and _lost["in_hook"]:
+            _send_soon(signum)  # raised inside the hook, it would be dropped again
+            return
+        if _lost["name"] == name:
+            _lost["name"] = None  # its first interrupt was dropped: raised again below
+        elif stopping.is_set():
             again = f"{name} received again: still cleaning up (SIGKILL stops at once)"
             if announce:
                 log.warning(again)
             else:
                 sys.stderr.write(again + "\n")
             return
-        stopping.set()
-        if announce:
-            log.warning("%s received: stopping and cleaning up", name)
         else:
-            logging.disable(logging.CRITICAL)
+            stopping.set()
+            if announce:
+                log.warning("%s received: stopping and cleaning up", name)
+            else:
+                logging.disable(logging.CRITICAL)
         if _hold["depth"]:
             _hold["pending"] = name
             return
@@ -122,3 +134,50 @@ def signals_held() -> Iterator[None]:
         raise KeyboardInterrupt(pending) from failure
     if failure is not None:
         raise failure
+
+
+@contextlib.contextmanager
+def interrupts_not_lost() -> Iterator[None]:
+    """Within the block, an interrupt of :func:`interrupted_by_signals` that Python dropped is
+    raised again at the next line the main thread runs.
+
+    A signal's handler runs wherever the main thread is; when that is a weakref callback or a
+    ``__del__`` (an import's module lock has one), Python prints the ``KeyboardInterrupt``
+    as "Exception ignored" and goes on, and the run, marked as stopping, ignored every later
+    signal and ran to its end. Python reports each such exception to ``sys.unraisablehook``;
+    within the block that hook raises the signal again for the one it dropped, and passes any
+    other exception on. For a process the caller owns (the command's): the hook is the
+    interpreter's.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        name = str(unraisable.exc_value)
+        if (
+            isinstance(unraisable.exc_value, KeyboardInterrupt)
+            and name in ("SIGINT", "SIGTERM")
+            and threading.current_thread() is threading.main_thread()
+        ):
+            # Sent from another thread a moment later: a handler run inside this hook (as
+            # raising the signal here would run it) raises into the hook, and is dropped too.
+            _lost["name"], _lost["in_hook"] = name, True
+            try:
+                _send_soon(getattr(signal, name))
+            finally:
+                _lost["in_hook"] = False
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        _lost["name"] = None
+
+
+def _send_soon(signum: int) -> None:
+    """Send ``signum`` to this process from a short-lived thread, a moment from now."""
+    timer = threading.Timer(_RESEND_DELAY_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
