@@ -472,7 +472,9 @@ def test_an_interrupt_raised_inside_a_weakref_callback_is_raised_again(kept):
         return [ref]
 
     guard = interrupts_not_lost() if kept else contextlib.nullcontext()
-    with interrupted_by_signals(announce=False), guard:
+    # Announced: without announcing, the first signal turns all logging off, for good (the
+    # command's process ends after it), which would silence this process's later tests.
+    with interrupted_by_signals(), guard:
         if kept:
             with pytest.raises(KeyboardInterrupt, match="SIGINT"):
                 go_on()
