@@ -27,7 +27,6 @@ import numpy as np
 from outlier_dask.geometry.output_grid import footprints_from_s_region
 from outlier_dask.io.association import AssociationError
 from outlier_dask.io.members import Member, UsablePixels, find_usable_pixels
-from outlier_dask.kernels.weights import var_rnoise_usable
 from outlier_dask.parameters import OutlierParameters, ParameterError
 
 __all__ = [
@@ -170,11 +169,7 @@ def check_arrays(members: Sequence[Member], params: OutlierParameters) -> None:
                     f"the step needs {name} of SCI's shape"
                 )
     if params.weight_type == "ivm":
-        unusable = [
-            m.name
-            for m in members
-            if not var_rnoise_usable(m.source.shape_of("VAR_RNOISE"), m.shape)
-        ]
+        unusable = [m.name for m in members if not m.has_var_rnoise]
         if unusable:
             log.warning(
                 "VAR_RNOISE is missing or not of SCI's shape in %d input(s) (%s): their usable "
@@ -203,11 +198,7 @@ def check_usable_pixels(members: Sequence[Member], params: OutlierParameters) ->
     with ``weight_type="ivm"``, one whose VAR_RNOISE is 0, negative or not finite there gets
     drizzle weight 0 everywhere, as in the reference, and a warning says so.
     """
-    rnoise = {
-        m.name: params.weight_type == "ivm"
-        and var_rnoise_usable(m.source.shape_of("VAR_RNOISE"), m.shape)
-        for m in members
-    }
+    rnoise = {m.name: params.weight_type == "ivm" and m.has_var_rnoise for m in members}
     found = {m.name: usable_pixels_of(m, params.good_bits, rnoise[m.name]) for m in members}
     empty = [name for name, usable in found.items() if not usable.pixels]
     if len(empty) == len(members):
