@@ -26,26 +26,6 @@ EXIT_SIGNAL_BASE = 128
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
-def _ignore_sigint_if_a_spawned_worker() -> None:
-    """Ignore SIGINT in a process that multiprocessing's ``spawn`` started from the command.
-
-    A terminal's Ctrl-C reaches every process of its foreground group, a ``local-cluster``'s
-    worker processes too; the command stops them itself. Each is a fresh interpreter that,
-    before unpickling its worker (the long import of distributed), runs the command's script
-    again as its main module (``__mp_main__``), which imports this one. Ignoring SIGINT here
-    rather than in the workers' preload (:mod:`outlier_dask.runtime.cluster_worker`) leaves
-    only the interpreter's own start-up in which a Ctrl-C still prints a worker's traceback.
-    The command's own pools fork, and a forked process does not run this again.
-    """
-    # The interpreter's own command line (not sys.argv, which the child sets to the
-    # command's) carries multiprocessing's flag for such a child.
-    if "--multiprocessing-fork" in sys.orig_argv:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-_ignore_sigint_if_a_spawned_worker()
-
-
 def command(argv: Sequence[str] | None = None) -> int:
     """Entry point of the installed ``outlier-dask`` command; returns the exit status.
 

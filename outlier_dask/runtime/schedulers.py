@@ -33,7 +33,7 @@ import dask.threaded
 from outlier_dask.engine.budget import default_workers
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
 from outlier_dask.runtime.nanny_deaths import NannyDeaths, death_description, watching_nanny_deaths
-from outlier_dask.runtime.signals import signals_held
+from outlier_dask.runtime.signals import signals_held, without_ctrl_c_in_what_starts
 
 __all__ = [
     "WORKER_RESTARTS",
@@ -433,8 +433,9 @@ def _distributed_runner(
             )
             # A signal while the cluster starts waits until it is on the stack, which then
             # closes it: cut short inside its start, the cluster was left to distributed's
-            # exit hook, which printed a traceback.
-            with signals_held():
+            # exit hook, which printed a traceback. Its worker processes, started meanwhile by
+            # its threads, never see a Ctrl-C.
+            with signals_held(), without_ctrl_c_in_what_starts():
                 cluster = stack.enter_context(
                     LocalCluster(
                         n_workers=n,
@@ -446,7 +447,6 @@ def _distributed_runner(
                         host="127.0.0.1",
                         dashboard_address="127.0.0.1:0",
                         local_directory=spill_dir,
-                        preload=["outlier_dask.runtime.cluster_worker"],
                     )
                 )
             client = stack.enter_context(Client(cluster))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing.resource_tracker
 import os
 import signal
 import sys
@@ -20,7 +21,12 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["interrupted_by_signals", "interrupts_not_lost", "signals_held"]
+__all__ = [
+    "interrupted_by_signals",
+    "interrupts_not_lost",
+    "signals_held",
+    "without_ctrl_c_in_what_starts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,33 @@ def signals_held() -> Iterator[None]:
         raise KeyboardInterrupt(pending) from failure
     if failure is not None:
         raise failure
+
+
+@contextlib.contextmanager
+def without_ctrl_c_in_what_starts() -> Iterator[None]:
+    """Within the block SIGINT is blocked in the calling thread, and so in every thread it
+    starts and every process those start, for their whole life.
+
+    A terminal's Ctrl-C reaches every process of its foreground group, the worker processes a
+    ``local-cluster`` starts too; the run stops them itself, and a worker that got it printed
+    its own ``KeyboardInterrupt`` traceback. A thread inherits its creator's signal mask, and a
+    process keeps it through ``fork`` and ``exec``: a worker started by a thread the cluster
+    starts inside the block has SIGINT blocked from its first instruction, before its
+    interpreter has started, whichever script or ``-m`` module launched the run. SIGTERM is
+    left alone (distributed ends a worker over its memory limit with it). A SIGINT sent to
+    this process during the block waits, and is handled when the block ends.
+
+    multiprocessing's resource tracker is started first, if it is not running yet: the thread
+    that starts it blocks SIGINT and SIGTERM for the start and then unblocks them, whatever
+    its mask was before, so a cluster's loop thread starting it inside the block would start
+    every worker after it with SIGINT deliverable.
+    """
+    multiprocessing.resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 @contextlib.contextmanager
