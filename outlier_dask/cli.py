@@ -299,7 +299,8 @@ def describe_plan(planned: Any) -> str:
     """What ``outlier-dask info`` prints: inputs, groups, grid, tiles, blocks, and the
     budget's decisions with their estimate (a :class:`~outlier_dask.engine.budget.PlannedRun`,
     the plan ``run`` would execute)."""
-    from outlier_dask.engine.estimate import estimate_resources, python_processes
+    from outlier_dask.engine.budget import estimate_run
+    from outlier_dask.engine.estimate import python_processes
     from outlier_dask.engine.handover import handover_kind
     from outlier_dask.geometry.windows import tile_ranges
     from outlier_dask.report import _pixel_scale_arcsec
@@ -347,13 +348,7 @@ def describe_plan(planned: Any) -> str:
         estimate = (
             budget.estimate
             if kind == budget.handover
-            else estimate_resources(
-                plan,
-                kind=kind,
-                n_workers=workers,
-                processes=processes,
-                keep_intermediate=params.save_intermediate_results,
-            )
+            else estimate_run(plan, params, kind, workers)
         )
         chosen = "  <- chosen" if kind == budget.handover else ""
         lines.append(

@@ -479,8 +479,7 @@ def test_info_marks_the_budget_s_choice_when_the_median_goes_to_disk_too():
     """``info`` shows the estimate of the place the budget chose, also when it kept the
     median on disk beside the stack to fit both workers."""
     from outlier_dask.cli import describe_plan
-    from outlier_dask.engine.budget import plan_run
-    from outlier_dask.engine.estimate import estimate_resources
+    from outlier_dask.engine.budget import estimate_run, plan_run
     from outlier_dask.engine.handover import STORE
     from outlier_dask.engine.plan import make_plan
     from outlier_dask.io.members import members_from_models
@@ -491,7 +490,7 @@ def test_info_marks_the_budget_s_choice_when_the_median_goes_to_disk_too():
     members = members_from_models(models)
     params = OutlierParameters(n_workers=2, in_memory=False)
     plan = make_plan(members, "b", params)
-    store = estimate_resources(plan, kind=STORE, n_workers=2, processes=3)
+    store = estimate_run(plan, params, STORE, 2)
     text = describe_plan(
         plan_run(members, "b", params.replace(memory_limit=str(store.peak_memory)))
     )

@@ -42,6 +42,7 @@ __all__ = [
     "PlannedRun",
     "default_memory_limit",
     "default_workers",
+    "estimate_run",
     "fit_to_budget",
     "plan_run",
 ]
@@ -114,7 +115,11 @@ class BudgetDecision:
         return plan, params
 
 
-def _estimate(plan: Plan, params: OutlierParameters, kind: str, workers: int, keep_masks: bool):
+def estimate_run(
+    plan: Plan, params: OutlierParameters, kind: str, workers: int, keep_masks: bool = False
+) -> ResourceEstimate:
+    """The estimate of ``plan`` run with ``params``' scheduler, ``workers`` workers and the
+    stack and median in ``kind`` (what the budget fits, and ``info`` shows)."""
     return estimate_resources(
         plan,
         kind=kind,
@@ -142,7 +147,9 @@ def _workers_fitting(
 ) -> int:
     """The most workers, up to ``wanted`` (at least 1), whose run fits ``budget`` bytes."""
     workers = wanted
-    while workers > 1 and _estimate(plan, params, kind, workers, keep_masks).peak_memory > budget:
+    while workers > 1:
+        if estimate_run(plan, params, kind, workers, keep_masks).peak_memory <= budget:
+            break
         workers -= 1
     return workers
 
@@ -173,7 +180,7 @@ def fit_to_budget(
     plan = dataclasses.replace(plan, tile_shape=(tile, tile))
     in_memory = params.in_memory
     kind = handover_kind(params.scheduler, in_memory, client_given)
-    needed = _estimate(plan, params, kind, 1, keep_masks).peak_memory if in_memory else 0
+    needed = estimate_run(plan, params, kind, 1, keep_masks).peak_memory if in_memory else 0
     if needed > budget:
         in_memory = False
         kind = handover_kind(params.scheduler, in_memory, client_given)
@@ -189,7 +196,7 @@ def fit_to_budget(
         if on_disk != kind and more > workers:
             notes.append(f"the median kept on disk too, so that {more} worker(s) fit")
             kind, workers = on_disk, more
-    estimate = _estimate(plan, params, kind, workers, keep_masks)
+    estimate = estimate_run(plan, params, kind, workers, keep_masks)
     if workers < wanted:
         notes.append(f"{workers} worker(s) instead of {wanted} to stay within the memory limit")
     if estimate.peak_memory > budget:

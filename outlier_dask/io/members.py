@@ -161,11 +161,11 @@ def _unscaled(raw: np.ndarray, header: fits.Header, dtype: type) -> np.ndarray:
     if bscale == 1 and bzero == 0:
         return np.array(raw, dtype=dtype)
     if bscale == 1 and raw.dtype.kind == "i" and bzero == 2 ** (8 * raw.dtype.itemsize - 1):
-        signed = np.asarray(raw, dtype=raw.dtype.newbyteorder("="))
-        unsigned = signed.view(signed.dtype.str.replace("i", "u")) ^ np.array(
-            bzero, dtype=signed.dtype.str.replace("i", "u")
-        )
-        return unsigned.astype(dtype, copy=False)
+        # Flipping the sign bit of the file's bytes seen as unsigned, into a native array:
+        # one pass and one array, however the file orders its bytes.
+        unsigned = raw.dtype.str.replace("i", "u")
+        flipped = np.bitwise_xor(raw.view(unsigned), np.array(bzero, dtype=unsigned[1:]))
+        return flipped.astype(dtype, copy=False)
     return (raw * bscale + bzero).astype(dtype)
 
 

@@ -123,8 +123,11 @@ def drizzle_weight_map(
         else:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 inverse_variance = 1.0 / var_rnoise
-            inverse_variance[~np.isfinite(inverse_variance)] = 0
-        weights = inverse_variance * good
+            unusable = np.isfinite(inverse_variance)
+            np.logical_not(unusable, out=unusable)
+            inverse_variance[unusable] = 0
+        # Either way the array is this function's own: the product can go into it.
+        weights = np.multiply(inverse_variance, good, out=inverse_variance)
     elif weight_type == "exptime":
         time = measurement_time if measurement_time is not None else exposure_time
         if time is None:

@@ -210,3 +210,26 @@ def test_readers_find_the_usable_pixels_a_search_here_finds(many_cal_files):
         assert member.usable == find_usable_pixels(member.source, member.shape, *under)
         assert member.usable.pixels
         assert member.usable.err
+
+
+def test_dq_read_from_the_file_equals_the_datamodels_unsigned_values(tmp_path):
+    """DQ is stored as int32 with BZERO 2**31: the raw read undoes it exactly, the top bit
+    (REFERENCE_PIXEL) and all-bits values included, whole and in a window."""
+    models, _ = make_models(n_exposures=1, n_detectors=1, detector_shape=(40, 50), seed=6)
+    model = models[0]
+    special = np.array([0, 1, 2**31, 2**31 + 5, 2**32 - 1, 2**31 - 1], dtype=np.uint32)
+    model.dq[0, : special.size] = special
+    model.dq[7, 3:9] = special
+    path = tmp_path / "dq_cal.fits"
+    model.save(path)
+    with fits.open(path) as hdul:
+        assert hdul["DQ"].header["BZERO"] == 2**31  # the stored form this test is about
+    source = _read(path).source
+    with datamodels.open(path) as reread:
+        expected = np.array(reread.dq, dtype=np.uint32)
+    dq = source.read("DQ")
+    assert dq.dtype == np.uint32
+    assert dq.dtype.isnative
+    np.testing.assert_array_equal(dq, expected)
+    np.testing.assert_array_equal(dq[0, : special.size], special)
+    np.testing.assert_array_equal(source.read("DQ", ((5, 9), (2, 10))), expected[5:9, 2:10])
