@@ -304,6 +304,24 @@ def test_what_starts_without_ctrl_c_has_sigint_blocked_from_its_first_instructio
     )
 
 
+def _sigint_blocked_and_ignored() -> tuple[bool, bool]:
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return blocked, signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_a_forked_pool_s_workers_have_sigint_blocked_from_the_fork():
+    """The ``processes`` pool forks its workers with SIGINT blocked (before their initializer
+    ignores it, the run's handler they inherit would raise a ``KeyboardInterrupt`` of their
+    own); the caller's mask is as before once the pool has started."""
+    from outlier_dask.runtime.schedulers import started_process_pool
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with started_process_pool(2) as pool:
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+        seen = [pool.executor.submit(_sigint_blocked_and_ignored).result() for _ in range(4)]
+    assert seen == [(True, True)] * 4
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ["installed-command", "python-m"])
 def test_ctrl_c_as_a_local_cluster_s_workers_start_ends_the_command_with_one_line(

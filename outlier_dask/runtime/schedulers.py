@@ -288,7 +288,12 @@ class WorkerPool:
         self.workers: list[multiprocessing.process.BaseProcess] = []
 
     def start(self) -> ProcessPoolExecutor:
-        """Fork the workers; return the executor dask runs tasks on."""
+        """Fork the workers; return the executor dask runs tasks on.
+
+        They are forked with SIGINT blocked, which they keep: a worker ignores Ctrl-C
+        (:func:`_init_worker`), and before its initializer runs it would raise the run's
+        ``KeyboardInterrupt`` with a traceback of its own.
+        """
         before = set(multiprocessing.active_children())
         self.executor = ProcessPoolExecutor(
             max_workers=self.n,
@@ -298,8 +303,9 @@ class WorkerPool:
         )
         # The workers are the children this process gained while the pool started.
         try:
-            for future in [self.executor.submit(_worker_ready) for _ in range(self.n)]:
-                future.result()
+            with without_ctrl_c_in_what_starts():
+                for future in [self.executor.submit(_worker_ready) for _ in range(self.n)]:
+                    future.result()
         finally:
             self.workers = [p for p in multiprocessing.active_children() if p not in before]
         return self.executor
@@ -435,7 +441,7 @@ def _distributed_runner(
             # closes it: cut short inside its start, the cluster was left to distributed's
             # exit hook, which printed a traceback. Its worker processes, started meanwhile by
             # its threads, never see a Ctrl-C.
-            with signals_held(), without_ctrl_c_in_what_starts():
+            with signals_held(), without_ctrl_c_in_what_starts(spawning=True):
                 cluster = stack.enter_context(
                     LocalCluster(
                         n_workers=n,

@@ -143,7 +143,7 @@ def signals_held() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def without_ctrl_c_in_what_starts() -> Iterator[None]:
+def without_ctrl_c_in_what_starts(*, spawning: bool = False) -> Iterator[None]:
     """Within the block SIGINT is blocked in the calling thread, and so in every thread it
     starts and every process those start, for their whole life.
 
@@ -156,12 +156,15 @@ def without_ctrl_c_in_what_starts() -> Iterator[None]:
     left alone (distributed ends a worker over its memory limit with it). A SIGINT sent to
     this process during the block waits, and is handled when the block ends.
 
-    multiprocessing's resource tracker is started first, if it is not running yet: the thread
-    that starts it blocks SIGINT and SIGTERM for the start and then unblocks them, whatever
-    its mask was before, so a cluster's loop thread starting it inside the block would start
-    every worker after it with SIGINT deliverable.
+    ``spawning``: processes will be started by multiprocessing's ``spawn`` (a cluster's
+    workers), which starts multiprocessing's resource tracker with the first one; it is then
+    started first, if it is not running yet, because the thread that starts it blocks SIGINT
+    and SIGTERM for the start and then unblocks them, whatever its mask was before: a cluster's
+    loop thread starting it inside the block would start every worker after it with SIGINT
+    deliverable. Forked pools need no tracker.
     """
-    multiprocessing.resource_tracker.ensure_running()
+    if spawning:
+        multiprocessing.resource_tracker.ensure_running()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
