@@ -303,9 +303,11 @@ class WorkerPool:
         )
         # The workers are the children this process gained while the pool started.
         try:
+            # The executor forks all of its workers on the first submission.
             with without_ctrl_c_in_what_starts():
-                for future in [self.executor.submit(_worker_ready) for _ in range(self.n)]:
-                    future.result()
+                ready = [self.executor.submit(_worker_ready) for _ in range(self.n)]
+            for future in ready:
+                future.result()
         finally:
             self.workers = [p for p in multiprocessing.active_children() if p not in before]
         return self.executor
