@@ -336,12 +336,11 @@ def test_ctrl_c_as_a_local_cluster_s_workers_start_ends_the_command_with_one_lin
     script = Path(sys.executable).with_name("outlier-dask")
     if entry == "installed-command" and not script.exists():
         pytest.skip("needs the installed command")
-    command = [str(script)] if entry == "installed-command" else [sys.executable, "-m"]
-    monkeypatch.setattr(
-        sys.modules[__name__],
-        "_command",
-        lambda: command if entry == "installed-command" else [*command, "outlier_dask"],
-    )
+    if entry == "installed-command":
+        command = [str(script)]
+    else:
+        command = [sys.executable, "-m", "outlier_dask"]
+    monkeypatch.setattr(sys.modules[__name__], "_command", lambda: command)
     run = _Run(association, tmp_path, ["--scheduler", "local-cluster"], {})
     deadline = time.monotonic() + HANG_S
     workers: list[int] = []

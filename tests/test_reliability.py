@@ -483,9 +483,8 @@ def test_an_interrupt_raised_inside_a_weakref_callback_is_raised_again(kept):
 
 
 def test_a_held_step_that_fails_after_a_signal_raises_the_interrupt_from_its_error():
-    """A signal came first (a Ctrl-C that also killed a starting cluster's workers): the run
-    stops as interrupted, the step's error kept as the cause; without a signal the error goes
-    on as it is."""
+    """A signal came first: the run stops as interrupted, the step's error kept as the cause;
+    without a signal the error goes on as it is."""
     from outlier_dask.runtime.signals import signals_held
 
     def failing_step(signalled: bool) -> None:

@@ -122,8 +122,7 @@ def signals_held() -> Iterator[None]:
     its nannies waiting out their timeouts, or the next close waiting for ever. Where the
     handlers are not this module's (a caller's own), signals act as they would anyway. If the
     block fails after a signal was held, the ``KeyboardInterrupt`` is raised from its error:
-    the signal came first and is what stops the run (a terminal's Ctrl-C also reaches a
-    cluster's workers as they start, whose death then fails the cluster's start).
+    the signal came first and is what stops the run.
     """
     _hold["depth"] += 1
     failure: Exception | None = None
