@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 import gwcs
 
-from outlier_dask.geometry.output_grid import footprints_from_s_region, output_wcs_from_footprints
+from outlier_dask.geometry.output_grid import (
+    footprints_from_s_region,
+    grid_for_mapping,
+    output_wcs_from_footprints,
+)
 from outlier_dask.geometry.pixel_map import PixelMap, build_pixel_map
 from outlier_dask.geometry.windows import Window, contains, tile_ranges, union
 from outlier_dask.io.members import Member
@@ -196,10 +200,11 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
         footprints, members[0].wcs, members[0].wcsinfo, max_pixels=int(params.max_grid_pixels)
     )
     grid_shape = (int(grid.array_shape[0]), int(grid.array_shape[1]))
+    mapping_grid = grid_for_mapping(grid)
     pixel_maps = [
         build_pixel_map(
             m.wcs,
-            grid,
+            mapping_grid,
             m.shape,
             tolerance_px=params.pixmap_tolerance,
             stepsize=params.pixmap_stepsize,

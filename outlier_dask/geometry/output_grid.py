@@ -8,6 +8,7 @@ at its reference position, whose orientation comes from the first input's roll a
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from gwcs import FITSImagingWCSTransform
 __all__ = [
     "GridTooLargeError",
     "footprints_from_s_region",
+    "grid_for_mapping",
     "output_wcs_from_footprints",
     "pixel_scale_at",
 ]
@@ -156,3 +158,32 @@ def output_wcs_from_footprints(
     grid.bounding_box = tuple((-0.5, n - 0.5) for n in shape[::-1])
     grid.pixel_shape = shape[::-1]
     return grid
+
+
+def grid_for_mapping(grid: gwcs.WCS) -> gwcs.WCS:
+    """A copy of ``grid`` to map many inputs onto, whose inverse is built only once.
+
+    gwcs builds a WCS's backward transform anew on every ``world_to_pixel`` call (astropy
+    constructs a model's inverse on each access): a few milliseconds for the grid's TAN
+    transform, and every input's pixel map calls it at least twice (the coarse grid, the error
+    check), so it grows with the association. The copy's transform keeps its inverse through
+    astropy's public ``Model.inverse`` setter, and the inverse keeps the transform, so both are
+    built once; the positions are the same bit for bit. ``grid`` itself (written into the
+    intermediate products) is left as it is, without a user-defined inverse.
+
+    Parameters
+    ----------
+    grid : gwcs.WCS
+        An output grid of :func:`output_wcs_from_footprints` (one transform, pixel to sky).
+
+    Returns
+    -------
+    gwcs.WCS
+        An independent copy (its bounding box may be changed without touching ``grid``).
+    """
+    mapped = copy.deepcopy(grid)
+    forward = mapped.forward_transform
+    inverse = forward.inverse
+    inverse.inverse = forward
+    forward.inverse = inverse
+    return mapped

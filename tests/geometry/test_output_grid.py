@@ -8,6 +8,7 @@ import pytest
 from outlier_dask.geometry.output_grid import (
     GridTooLargeError,
     footprints_from_s_region,
+    grid_for_mapping,
     output_wcs_from_footprints,
 )
 from outlier_dask.synthetic import make_models
@@ -75,3 +76,22 @@ def test_grid_covers_every_footprint_at_non_negative_pixels(models):
 def test_absurd_grid_is_refused_with_its_size(models):
     with pytest.raises(GridTooLargeError, match=r"output grid would be \d+ x \d+ pixels"):
         _grid(models, max_pixels=1000)
+
+
+def test_the_grid_for_mapping_inverts_as_the_grid_does_with_its_inverse_built_once(models):
+    grid = _grid(models)
+    mapped = grid_for_mapping(grid)
+    # Built once: every world_to_pixel call reuses the same backward transform.
+    assert mapped.backward_transform is mapped.backward_transform
+    assert grid.backward_transform is not grid.backward_transform
+    assert not grid.forward_transform.has_user_inverse  # the run's grid is left as it was
+    for model in models:
+        y, x = np.mgrid[-3:70:4, -5:100:6].astype(float)
+        world = model.meta.wcs.pixel_to_world_values(x, y)
+        for wcs in (grid, mapped):
+            wcs.bounding_box = None  # as the pixel maps evaluate it
+        expected = np.array(grid.world_to_pixel_values(*world))
+        np.testing.assert_array_equal(np.array(mapped.world_to_pixel_values(*world)), expected)
+    np.testing.assert_array_equal(
+        np.array(mapped.pixel_to_world_values(x, y)), np.array(grid.pixel_to_world_values(x, y))
+    )
