@@ -10,6 +10,12 @@ times is printed, with the range of every run.
 
 The association is typically the ``medium`` case of ``compare_jwst.py`` (run that once to make
 it). Extra options after ``--`` are passed to both commands (e.g. ``-- --in-memory=False``).
+
+With ``--stages`` both commands also print their ``--profile`` table, and the summary gives the
+median wall seconds of each stage per revision: ``plan``, ``drizzle``, ``median``,
+``blot+flag``, ``other`` (the rest of the call: reading the members' metadata, starting and
+stopping the workers, the report) and ``outside`` (the process's wall time outside the call:
+the interpreter's start, the imports, the exit), so that a difference can be placed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -38,7 +45,25 @@ def _checkout(revision: str, parent: Path) -> Path:
     return path
 
 
-def _run(checkout: Path, asn: str, out: Path, extra: list[str]) -> float:
+#: The stages of the ``--profile`` table that partition a call's time ("write" is part of
+#: "blot+flag"; older revisions print no "other" row).
+_CALL_STAGES = ("plan", "drizzle", "median", "blot+flag")
+_PROFILE_ROW = re.compile(r"^([a-z+]+)\s+([0-9.]+)\s+[0-9]+%$", re.MULTILINE)
+
+
+def stage_seconds(profile_output: str, wall: float) -> dict[str, float]:
+    """The stages of a ``--profile`` table, with ``other`` and ``outside`` derived from its
+    ``total`` and the process's ``wall`` seconds."""
+    rows = {name: float(value) for name, value in _PROFILE_ROW.findall(profile_output)}
+    if "total" not in rows:
+        raise SystemExit(f"no --profile table in the command's output:\n{profile_output}")
+    stages = {name: rows.get(name, 0.0) for name in _CALL_STAGES}
+    stages["other"] = rows["total"] - sum(stages.values())
+    stages["outside"] = wall - rows["total"]
+    return stages
+
+
+def _run(checkout: Path, asn: str, out: Path, extra: list[str]) -> tuple[float, str]:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     subprocess.run(["sync"], check=False)
@@ -56,7 +81,7 @@ def _run(checkout: Path, asn: str, out: Path, extra: list[str]) -> float:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{checkout.name}: run failed\n{done.stderr}")
-    return wall
+    return wall, done.stdout
 
 
 def main() -> None:
@@ -65,6 +90,9 @@ def main() -> None:
     parser.add_argument("new", help="revision B (e.g. HEAD)")
     parser.add_argument("--asn", required=True, help="the association to run")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each revision")
+    parser.add_argument(
+        "--stages", action="store_true", help="also the median seconds of each stage"
+    )
     parser.add_argument("extra", nargs="*", help="options for both commands (after --)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="compare_revisions-"))
@@ -73,11 +101,16 @@ def main() -> None:
         for label, revision in (("A", args.old), ("B", args.new)):
             checkouts[label] = _checkout(revision, scratch)
         times: dict[str, list[float]] = {"A": [], "B": []}
+        stages: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        extra = [*args.extra, "--profile"] if args.stages else args.extra
         for _ in range(args.repeat):
             for label in ("A", "B"):
                 out = scratch / f"out-{label}"
-                times[label].append(_run(checkouts[label], args.asn, out, args.extra))
-                print(f"{label} ({checkouts[label].name}): {times[label][-1]:.2f} s", flush=True)
+                wall, output = _run(checkouts[label], args.asn, out, extra)
+                times[label].append(wall)
+                if args.stages:
+                    stages[label].append(stage_seconds(output, wall))
+                print(f"{label} ({checkouts[label].name}): {wall:.2f} s", flush=True)
         first, second = outlier_masks(scratch / "out-A"), outlier_masks(scratch / "out-B")
         same = same_masks(first, second)
         flagged = sum(int(m.sum()) for m in second.values())
@@ -91,6 +124,13 @@ def main() -> None:
             "masks_identical": same,
             "flagged": flagged,
         }
+        if args.stages:
+            summary["median_stage_seconds"] = {
+                label: {
+                    name: round(statistics.median(run[name] for run in runs), 3) for name in runs[0]
+                }
+                for label, runs in stages.items()
+            }
         print(json.dumps(summary, indent=2))
         if not same:
             raise SystemExit("the two revisions flag different pixels")
