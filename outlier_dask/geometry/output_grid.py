@@ -164,9 +164,9 @@ def grid_for_mapping(grid: gwcs.WCS) -> gwcs.WCS:
     """A copy of ``grid`` to map many inputs onto, whose inverse is built only once.
 
     gwcs builds a WCS's backward transform anew on every ``world_to_pixel`` call (astropy
-    constructs a model's inverse on each access): a few milliseconds for the grid's TAN
-    transform, and every input's pixel map calls it at least twice (the coarse grid, the error
-    check), so it grows with the association. The copy's transform keeps its inverse through
+    constructs a model's inverse on each access), and every input's pixel map calls it at
+    least twice (the coarse grid, the error check): a cost that grows with the association
+    (measured on the performance page). The copy's transform keeps its inverse through
     astropy's public ``Model.inverse`` setter, and the inverse keeps the transform, so both are
     built once; the positions are the same bit for bit. ``grid`` itself (written into the
     intermediate products) is left as it is, without a user-defined inverse.

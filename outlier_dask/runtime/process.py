@@ -18,10 +18,9 @@ a task's fresh arrays take fewer page faults (measured on the performance page).
 - **No collection of the whole heap at exit.** Once the command has its exit status, every
   object left (mostly the modules numpy, astropy, gwcs, stdatamodels and dask loaded) is set
   aside from the collector (:func:`gc.freeze`): the interpreter's exit otherwise traverses them
-  all in its last collections, about a third of a second of a run (measured on the
-  performance page). Nothing of the run is left to compute or write then; objects are still
-  freed by their reference counts, and the exit handlers run. During the run the collector is
-  as Python sets it.
+  all in its last collections (measured on the performance page). Nothing of the run is left
+  to compute or write then; objects are still freed by their reference counts, and the exit
+  handlers run. During the run the collector is as Python sets it.
 
 - **Ctrl-C and SIGTERM from the first moment.** The handlers of
   :mod:`outlier_dask.runtime.signals` are installed before anything heavy is imported and stay
