@@ -31,7 +31,7 @@ from dataclasses import Field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from outlier_dask.command import report_interrupt
+from outlier_dask.command import interrupt_behind, report_interrupt
 
 if TYPE_CHECKING:
     from outlier_dask.parameters import OutlierParameters
@@ -436,6 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except KeyboardInterrupt as interrupt:
         return report_interrupt(interrupt)
+    except Exception as error:
+        interrupt = interrupt_behind(error)
+        if interrupt is None:
+            raise
+        return report_interrupt(interrupt)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -444,6 +449,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return commands[args.command](args)
     except Exception as exc:  # noqa: BLE001 - every failure ends with one line, not a traceback
+        if interrupt_behind(exc) is not None:
+            raise  # a signal ended it: reported as the interrupt (main)
         status, message = _status_and_message(exc)
         if args.debug:
             traceback.print_exception(exc)

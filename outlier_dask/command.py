@@ -18,7 +18,7 @@ TYPE_CHECKING = False  # typing itself is not imported yet: it would widen the w
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["EXIT_SIGNAL_BASE", "STOP_SIGNALS", "command", "report_interrupt"]
+__all__ = ["EXIT_SIGNAL_BASE", "STOP_SIGNALS", "command", "interrupt_behind", "report_interrupt"]
 
 #: A shell's status for a process ended by a signal: 128 + the signal's number.
 EXIT_SIGNAL_BASE = 128
@@ -45,9 +45,37 @@ def command(argv: Sequence[str] | None = None) -> int:
                 from outlier_dask.cli import main
             except KeyboardInterrupt as interrupt:
                 return report_interrupt(interrupt)
+            except Exception as error:
+                interrupt = interrupt_behind(error)
+                if interrupt is None:
+                    raise
+                return report_interrupt(interrupt)
             return main(argv)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` that ``error`` was raised from or while handling, if any.
+
+    Python turns an exception raised in some places into another that keeps it as its cause:
+    one raised by a descriptor's ``__set_name__`` while a class is created becomes a
+    ``RuntimeError`` (Python 3.11), so a Ctrl-C while a module defines its classes (astropy's
+    tables, during the imports) reaches the command as that error. The signal is what ended
+    the command then, and it is reported as one.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        # The chain Python's traceback shows: the cause, else the context unless suppressed.
+        if current.__cause__ is not None or current.__suppress_context__:
+            current = current.__cause__
+        else:
+            current = current.__context__
+    return None
 
 
 def report_interrupt(interrupt: KeyboardInterrupt) -> int:

@@ -10,6 +10,7 @@ import pytest
 from stdatamodels.jwst import datamodels
 
 from outlier_dask.cli import _parameters, _parser, main
+from outlier_dask.command import interrupt_behind
 from outlier_dask.kernels.dq import OUTLIER
 from outlier_dask.synthetic import write_association
 
@@ -473,6 +474,61 @@ def test_an_interrupt_exits_as_a_shell_reports_its_signal(
     monkeypatch.setattr(outlier_dask.api, "detect_outliers", interrupted)
     assert main(["run", str(tmp_path / "x_asn.json")]) == status
     assert capsys.readouterr().err.strip() == f"outlier-dask: interrupted ({named})"
+
+
+def _class_made_while_interrupted(name: str) -> None:
+    """Define a class whose attribute's ``__set_name__`` meets a signal, as a module's class
+    body does when Ctrl-C comes during an import."""
+
+    class Interrupted:
+        def __set_name__(self, owner, attribute):
+            raise KeyboardInterrupt(name)
+
+    type("Table", (), {"pprint_include_names": Interrupted()})
+
+
+@pytest.mark.parametrize("where", ["parser", "run"])
+def test_an_interrupt_python_wrapped_in_another_error_is_reported_as_the_interrupt(
+    monkeypatch, tmp_path, capsys, where
+):
+    """Python 3.11 wraps an exception raised in ``__set_name__`` in a ``RuntimeError``: a
+    Ctrl-C while an import defines classes (seen in astropy's tables) gave that error's
+    traceback and status 1."""
+    import outlier_dask.api
+    import outlier_dask.cli
+
+    with pytest.raises((RuntimeError, KeyboardInterrupt)) as wrapped:  # RuntimeError on 3.11
+        _class_made_while_interrupted("SIGTERM")
+    assert str(interrupt_behind(wrapped.value)) == "SIGTERM"
+
+    def interrupted(*args, **kwargs):
+        _class_made_while_interrupted("SIGINT")
+
+    if where == "parser":
+        monkeypatch.setattr(outlier_dask.cli, "_parser", interrupted)
+    else:
+        monkeypatch.setattr(outlier_dask.api, "detect_outliers", interrupted)
+    assert main(["run", str(tmp_path / "x_asn.json")]) == 130
+    assert capsys.readouterr().err.strip() == "outlier-dask: interrupted (SIGINT)"
+
+
+def test_interrupt_behind_follows_the_chain_a_traceback_shows():
+    interrupt = KeyboardInterrupt("SIGTERM")
+    caused = RuntimeError("wrapped")
+    caused.__cause__ = interrupt
+    assert interrupt_behind(caused) is interrupt
+    during = OSError("cleanup failed while stopping")
+    during.__context__ = interrupt
+    assert interrupt_behind(during) is interrupt
+    hidden = OSError("raised 'from None'")
+    hidden.__context__ = interrupt
+    hidden.__suppress_context__ = True
+    assert interrupt_behind(hidden) is None
+    assert interrupt_behind(ValueError("an error of its own")) is None
+    looped = ValueError("a")
+    looped.__context__ = TypeError("b")
+    looped.__context__.__context__ = looped
+    assert interrupt_behind(looped) is None
 
 
 def test_info_marks_the_budget_s_choice_when_the_median_goes_to_disk_too():
