@@ -38,9 +38,14 @@ import operator
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+# Imported with this module, before a local scheduler forks its workers, so that they inherit
+# it: each worker had imported dask.array (and scipy.fftpack with it) on its first median task.
+import dask
+import dask.array as da
 import numpy as np
+from dask.highlevelgraph import HighLevelGraph
 
 from outlier_dask.engine.plan import BlockPlan, Plan
 from outlier_dask.engine.shared import SharedArray, shared_arrays
@@ -58,9 +63,6 @@ from outlier_dask.geometry.windows import (
     tiles_covering,
 )
 from outlier_dask.kernels.weights import mask_low_weight
-
-if TYPE_CHECKING:
-    import dask.array as da
 
 __all__ = [
     "LOCAL_SCHEDULERS",
@@ -346,8 +348,6 @@ class Handover:
         mosaics : list of (GroupMosaic or None)
             Per group, its unmasked mosaic in this process (None unless the task kept it).
         """
-        import dask
-
         fields = operator.attrgetter("threshold", "written", "outside", "mosaic")
         if self.kind == WORKERS:
             outcomes = list(runner.persist(*tasks, stage="drizzle"))
@@ -372,9 +372,6 @@ class Handover:
         written : list of (Window or None, float)
             Per group, the window its plane holds and its outside value.
         """
-        import dask.array as da
-        from dask.highlevelgraph import HighLevelGraph
-
         plan = self.plan
         (ny, nx), (ty, tx) = plan.grid_shape, plan.tile_shape
         rows, cols = tile_ranges(ny, ty), tile_ranges(nx, tx)
@@ -409,8 +406,6 @@ class Handover:
 
     def keep_median(self, median: da.Array, runner: Any) -> None:
         """Compute the lazy median into its place (stored, or persisted on the workers)."""
-        import dask.array as da
-
         if self.kind == WORKERS:
             (self._median,) = runner.persist(median, stage="median")
             return
