@@ -58,34 +58,38 @@ def _run_command(args: list[str], **env: str) -> tuple[dict, str]:
     return json.loads(completed.stdout.strip().splitlines()[-1]), completed.stderr
 
 
-def test_importing_the_command_loads_no_numpy():
-    """The command sets BLAS thread counts before numpy loads: its module must not load it."""
-    completed = subprocess.run(
-        [sys.executable, "-c", "import sys, outlier_dask.cli; print('numpy' in sys.modules)"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert completed.stdout.strip() == "False"
-
-
-def test_the_entry_module_loads_only_what_the_signal_handlers_need():
-    """The installed command's module installs the handlers before argparse, numpy or the
-    engine load, so that a signal while they import ends the command with its one line."""
+def _modules_loaded_by(module: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a fresh interpreter has loaded once it has imported ``module``."""
     completed = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, outlier_dask.command; print(sorted(m for m in "
-            "('argparse', 'numpy', 'outlier_dask.cli') if m in sys.modules))",
+            f"import sys, {module}; print(','.join(m for m in {names!r} if m in sys.modules))",
         ],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    assert completed.stdout.strip() == "[]"
+    return [name for name in completed.stdout.strip().split(",") if name]
+
+
+def test_importing_the_command_loads_no_numpy():
+    """The command sets BLAS thread counts before numpy loads: its module must not load it."""
+    assert _modules_loaded_by("outlier_dask.cli", ("numpy",)) == []
+
+
+def test_the_entry_module_loads_only_what_the_signal_handlers_need():
+    """The installed command's module installs the handlers before argparse, numpy or the
+    engine load, so that a signal while they import ends the command with its one line."""
+    loaded = _modules_loaded_by("outlier_dask.command", ("argparse", "numpy", "outlier_dask.cli"))
+    assert loaded == []
+
+
+def test_workers_forked_for_a_run_inherit_dask_array():
+    """The engine loads ``dask.array`` with the API, before a local scheduler forks its
+    workers: each worker had imported it (with scipy.fftpack) on its first median task."""
+    assert _modules_loaded_by("outlier_dask.api", ("dask.array",)) == ["dask.array"]
 
 
 def test_command_process_single_threaded_blas_and_objects_frozen_only_once_it_returned(

@@ -44,20 +44,3 @@ def test_local_schedulers_do_not_import_what_they_do_not_use(association, tmp_pa
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "[]"
-
-
-def test_workers_forked_for_a_run_inherit_dask_array():
-    """The engine loads ``dask.array`` with the API, before a local scheduler forks its
-    workers: each worker had imported it (with scipy.fftpack) on its first median task."""
-    loaded = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, outlier_dask.api; print('dask.array' in sys.modules)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert loaded.stdout.strip() == "True"
