@@ -434,9 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(unknown_options_message(unknown))
         _setup_logging(args)
         return _dispatch(args)
-    except KeyboardInterrupt as interrupt:
-        return report_interrupt(interrupt)
-    except Exception as error:
+    except BaseException as error:  # an interrupt, or an error Python raised from one
         interrupt = interrupt_behind(error)
         if interrupt is None:
             raise

@@ -43,9 +43,7 @@ def command(argv: Sequence[str] | None = None) -> int:
             try:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 from outlier_dask.cli import main
-            except KeyboardInterrupt as interrupt:
-                return report_interrupt(interrupt)
-            except Exception as error:
+            except BaseException as error:
                 interrupt = interrupt_behind(error)
                 if interrupt is None:
                     raise
@@ -56,7 +54,8 @@ def command(argv: Sequence[str] | None = None) -> int:
 
 
 def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
-    """The ``KeyboardInterrupt`` that ``error`` was raised from or while handling, if any.
+    """``error`` if it is a ``KeyboardInterrupt``, else the one it was raised from or while
+    handling, if any.
 
     Python turns an exception raised in some places into another that keeps it as its cause:
     one raised by a descriptor's ``__set_name__`` while a class is created becomes a
