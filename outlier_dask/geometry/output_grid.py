@@ -131,10 +131,13 @@ def output_wcs_from_footprints(
         | models.Pix2Sky_TAN()
         | models.RotateNative2Celestial(crval[0], crval[1], 180.0)
     )
-    vertices = np.hstack([np.array(sky_from_pixel.inverse(*f.T)) for f in footprints])
+    # astropy builds a compound model's inverse anew on each access: once per footprint, it
+    # grew with the association.
+    pixel_from_sky = sky_from_pixel.inverse
+    vertices = np.hstack([np.array(pixel_from_sky(*f.T)) for f in footprints])
     low = vertices.min(axis=1)
     high = vertices.max(axis=1)
-    native_crpix = np.array(sky_from_pixel.inverse(*crval))
+    native_crpix = np.array(pixel_from_sky(*crval))
     offsets = native_crpix - low
     high = high + offsets
     shape = tuple(int(h + 0.5) for h in high[::-1])  # (ny, nx)
