@@ -180,8 +180,10 @@ def _is_association_path(inputs: Any) -> bool:
 def _planned_products(
     members: list[Member], asn_id: str | None, params: OutlierParameters, from_files: bool
 ) -> tuple[list[Path], list[Path]]:
-    """The ``_crf`` products (file inputs only) and the intermediate products of a run."""
-    out_dir = Path(params.output_dir)
+    """The ``_crf`` products (file inputs only) and the intermediate products of a run, as
+    absolute paths: the workers of a cluster at an address, which write them, run in folders
+    of their own."""
+    out_dir = Path(params.output_dir).absolute()
     flagged = (
         [output_path_for(m.name, out_dir, params.suffix) for m in members] if from_files else []
     )

@@ -152,7 +152,7 @@ def estimate_resources(
     worker = worker_task_sizes(plan, tile_area)
     largest = max(worker, key=worker.get)
     n_processes = workers + 1 if processes is None else max(1, processes)
-    handover = handover_footprint(kind, plan)
+    handover = handover_footprint(kind, plan, workers)
     parts: dict[str, int] = {
         f"{n_processes} Python process(es)": n_processes * PROCESS_BASELINE,
         f"{workers} x {largest}": workers * worker[largest],

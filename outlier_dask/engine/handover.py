@@ -21,7 +21,9 @@ This module owns that decision, made once per run from the scheduler and ``in_me
 ``workers``
     A ``distributed`` cluster with ``in_memory=True``: each group task's result holds its
     plane's tiles, persisted in worker memory (spilled as distributed spills); the median is a
-    persisted dask array whose cut-outs are blot tasks' inputs. The client holds only keys.
+    persisted dask array. Up to :data:`WHOLE_MEDIAN_BYTES` it is one array, which each worker
+    fetches once and blot tasks read whole with the compiled blot; a larger one is kept in
+    blocks whose cut-outs are blot tasks' inputs. The client holds only keys.
 
 Every stage is written once against a :class:`Handover` (``engine/run.py``): a task per
 group writes its plane through :meth:`Handover.planes`; the median is one lazy expression over
@@ -87,6 +89,8 @@ SHARED, STORE, LOCAL_STORE, WORKERS = "shared", "store", "local-store", "workers
 _STACK_IN_STORE = (STORE, LOCAL_STORE)
 _MEDIAN_SHARED = (SHARED, LOCAL_STORE)
 FLOAT32 = 4
+#: Largest median a cluster keeps whole, one copy on each worker that blots (a 64 Mpix grid).
+WHOLE_MEDIAN_BYTES = 256 * 2**20
 
 
 def handover_kind(
@@ -118,6 +122,14 @@ def uses_store(kind: str) -> bool:
     return kind in _STACK_IN_STORE
 
 
+def median_whole_on_workers(kind: str, plan: Plan) -> bool:
+    """Whether a cluster's workers each get the whole median (:data:`WORKERS`, a median of at
+    most :data:`WHOLE_MEDIAN_BYTES`): one transfer per worker, and the compiled blot, instead
+    of a cut-out sent to every blot task and blotted in numpy."""
+    ny, nx = plan.grid_shape
+    return kind == WORKERS and FLOAT32 * ny * nx <= WHOLE_MEDIAN_BYTES
+
+
 @dataclass(frozen=True)
 class Footprint:
     """What a handover holds, in bytes: memory by part, and scratch written to disk."""
@@ -130,13 +142,15 @@ class Footprint:
 STORE_METADATA_BYTES = 16 * 2**10
 
 
-def handover_footprint(kind: str, plan: Plan) -> Footprint:
+def handover_footprint(kind: str, plan: Plan, n_workers: int = 1) -> Footprint:
     """The memory and scratch disk the stack and median take in ``kind``.
 
     With ``T(A_g)`` the whole tiles group ``g``'s region meets (clipped to the grid in
     memory, full chunks on disk) and ``N`` the grid's pixels: the stack takes
     ``4 * sum T(A_g)`` and the median ``4 * N``, in memory or on disk as ``kind`` keeps them
-    (Zarr skips chunks never written, so the disk figure is an upper bound).
+    (Zarr skips chunks never written, so the disk figure is an upper bound). A median kept
+    whole on a cluster (:func:`median_whole_on_workers`) takes ``4 * N`` on each of the
+    ``n_workers`` workers, and once more while its blocks are joined.
     """
     grid, tile = plan.grid_shape, plan.tile_shape
     whole = ((0, grid[0]), (0, grid[1]))
@@ -151,6 +165,8 @@ def handover_footprint(kind: str, plan: Plan) -> Footprint:
         memory[f"masked stack ({where})"] = FLOAT32 * boxes
     if kind == STORE:
         scratch += FLOAT32 * tiled_area(whole, tile, grid)
+    elif median_whole_on_workers(kind, plan):
+        memory["median (whole, on each worker)"] = FLOAT32 * area(whole) * (max(1, n_workers) + 1)
     else:
         memory[f"median ({where})"] = FLOAT32 * area(whole)
     return Footprint(memory, scratch)
@@ -283,6 +299,19 @@ class SharedMedian:
 
 
 @dataclass(frozen=True)
+class WholeMedian:
+    """The whole median as one array in a cluster's worker; every block's source."""
+
+    values: np.ndarray
+
+    def cutout(self, block: BlockPlan) -> MedianCutout | None:
+        """The whole median, read by the compiled blot."""
+        if block.cutout is None:
+            return None
+        return MedianCutout(self.values, block.cutout, whole=True)
+
+
+@dataclass(frozen=True)
 class StoreMedian:
     """The median in the Zarr store; each block reads its cut-out."""
 
@@ -324,6 +353,7 @@ class Handover:
     #: plan must not share them.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _median: Any = None
+    _whole_median: Any = None
 
     @property
     def planes(self) -> SharedPlanes | StorePlanes | WorkerPlanes:
@@ -407,6 +437,8 @@ class Handover:
     def keep_median(self, median: da.Array, runner: Any) -> None:
         """Compute the lazy median into its place (stored, or persisted on the workers)."""
         if self.kind == WORKERS:
+            if median_whole_on_workers(self.kind, self.plan):
+                median = median.rechunk(-1)
             (self._median,) = runner.persist(median, stage="median")
             return
         target = (
@@ -425,6 +457,10 @@ class Handover:
             return [self._shared_median] * len(blocks)
         if self.kind == STORE:
             return [StoreMedian(self.store)] * len(blocks)
+        if median_whole_on_workers(self.kind, self.plan):
+            if self._whole_median is None:
+                self._whole_median = dask.delayed(WholeMedian)(self._median)
+            return [None if b.cutout is None else self._whole_median for b in blocks]
         return [
             None if b.cutout is None else self._median[slice(*b.cutout[0]), slice(*b.cutout[1])]
             for b in blocks

@@ -40,7 +40,8 @@ def scratch_parent(work_dir: str | None) -> Path:
 
 @contextlib.contextmanager
 def scratch_directory(work_dir: str | None) -> Iterator[Path]:
-    """A fresh folder for this run's scratch data, removed on success, error or interrupt.
+    """A fresh folder for this run's scratch data (an absolute path: a cluster's workers run
+    in folders of their own), removed on success, error or interrupt.
 
     Parameters
     ----------
@@ -49,7 +50,7 @@ def scratch_directory(work_dir: str | None) -> Iterator[Path]:
     """
     parent = scratch_parent(work_dir)
     parent.mkdir(parents=True, exist_ok=True)
-    path = parent / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
+    path = (parent / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}").absolute()
     path.mkdir()
     try:
         yield path

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 
+from outlier_dask.engine import handover
 from outlier_dask.engine.budget import (
     MIN_TILE_PX,
     default_memory_limit,
@@ -101,9 +102,10 @@ def test_decision_is_applied_to_plan_and_parameters(members):
     assert plan2.tile_shape == (decision.tile_size, decision.tile_size)
 
 
-def test_each_handover_counts_what_it_holds(members):
+def test_each_handover_counts_what_it_holds(members, monkeypatch):
     """Shared memory and a cluster's workers hold the planes on the whole tiles each group's
-    region meets and the median; the store holds them on disk, in whole chunks."""
+    region meets and the median (a cluster a small one whole on each worker, and once more
+    while its blocks are joined); the store holds them on disk, in whole chunks."""
     plan = make_plan(members, "budget", OutlierParameters(tile_size=256))
     grid = plan.grid_shape[0] * plan.grid_shape[1]
     ty, tx = plan.tile_shape
@@ -117,8 +119,18 @@ def test_each_handover_counts_what_it_holds(members):
     for kind, where in ((SHARED, "shared memory"), (WORKERS, "worker memory")):
         estimate = estimate_resources(plan, kind=kind, n_workers=2)
         assert estimate.parts[f"masked stack ({where})"] == 4 * met
-        assert estimate.parts[f"median ({where})"] == 4 * grid
         assert estimate.scratch_disk == 0
+    assert (
+        estimate_resources(plan, kind=SHARED, n_workers=2).parts["median (shared memory)"]
+        == 4 * grid
+    )
+    cluster = estimate_resources(plan, kind=WORKERS, n_workers=2).parts
+    assert cluster["median (whole, on each worker)"] == 4 * grid * 3
+    assert "median (worker memory)" not in cluster
+    monkeypatch.setattr(handover, "WHOLE_MEDIAN_BYTES", 4 * grid - 1)
+    cluster = estimate_resources(plan, kind=WORKERS, n_workers=2).parts
+    assert cluster["median (worker memory)"] == 4 * grid
+    assert "median (whole, on each worker)" not in cluster
     stored = estimate_resources(plan, kind=STORE, n_workers=2)
     assert not any(name.endswith("memory)") for name in stored.parts)
     whole_chunks = -(-plan.grid_shape[0] // ty) * ty * -(-plan.grid_shape[1] // tx) * tx

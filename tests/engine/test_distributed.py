@@ -12,6 +12,7 @@ import pytest
 from stdatamodels.jwst import datamodels
 
 from outlier_dask import detect_outliers
+from outlier_dask.engine import handover
 from outlier_dask.kernels.dq import OUTLIER
 from outlier_dask.synthetic import write_association
 
@@ -80,7 +81,39 @@ def test_local_cluster_through_its_address(association, reference_flags, cluster
     assert not list((tmp_path / "work").iterdir())
 
 
-def test_client_passed_from_python(association, reference_flags, cluster, tmp_path):
+def test_relative_folders_mean_the_callers_folders_on_a_cluster_at_an_address(
+    association, reference_flags, cluster, tmp_path, monkeypatch
+):
+    """The workers started in another folder than the caller's: a relative ``output_dir`` and
+    ``work_dir`` (out of core: the store is there) are the caller's, not each worker's."""
+    local_cluster, _ = cluster
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    result = detect_outliers(
+        association.asn_path,
+        output_dir="out",
+        scheduler=local_cluster.scheduler_address,
+        in_memory=False,
+        work_dir="work",
+        report=False,
+    )
+    assert [p.parent for p in result.outputs] == [caller / "out"] * len(result.outputs)
+    _assert_same(_outliers(result.outputs), reference_flags)
+    assert sorted(p.name for p in (caller / "out").iterdir()) == sorted(
+        p.name for p in result.outputs
+    )
+    assert not list((caller / "work").iterdir())
+
+
+@pytest.mark.parametrize("whole_median", [True, False], ids=["median-whole", "median-cut-outs"])
+def test_client_passed_from_python(
+    association, reference_flags, cluster, tmp_path, monkeypatch, whole_median
+):
+    """In worker memory, the median whole on each worker (the compiled blot) or in blocks
+    whose cut-outs each blot task gets (a grid above ``WHOLE_MEDIAN_BYTES``): the same flags."""
+    if not whole_median:
+        monkeypatch.setattr(handover, "WHOLE_MEDIAN_BYTES", 0)
     _, client = cluster
     result = detect_outliers(association.asn_path, output_dir=tmp_path, client=client)
     _assert_same(_outliers(result.outputs), reference_flags)
