@@ -293,14 +293,12 @@ class SharedMedian:
 
     def cutout(self, block: BlockPlan) -> MedianCutout | None:
         """The whole median, read in place by the block's task."""
-        if block.cutout is None:
-            return None
-        return MedianCutout(self.median.view(), block.cutout, whole=True)
+        return WholeMedian(self.median.view()).cutout(block)
 
 
 @dataclass(frozen=True)
 class WholeMedian:
-    """The whole median as one array in a cluster's worker; every block's source."""
+    """The whole median as one array (shared, or in a cluster's worker); every block's source."""
 
     values: np.ndarray
 
