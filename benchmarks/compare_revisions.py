@@ -9,7 +9,8 @@ times is printed, with the range of every run.
     python benchmarks/compare_revisions.py OLD_REV NEW_REV --asn path/to/asn.json --repeat 4
 
 The association is typically the ``medium`` case of ``compare_jwst.py`` (run that once to make
-it). Extra options after ``--`` are passed to both commands (e.g. ``-- --in-memory=False``).
+it). Extra options for both commands follow the two revisions, after ``--`` and the
+options of this script: ``--asn A --repeat 2 -- OLD NEW --in-memory=False``.
 
 With ``--stages`` both commands also print their ``--profile`` table, and the summary gives the
 median wall seconds of each stage per revision: ``plan``, ``drizzle``, ``median``,

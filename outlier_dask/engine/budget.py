@@ -5,8 +5,8 @@ plan's resource estimate (:mod:`outlier_dask.engine.estimate`), this module deci
 
 * ``in_memory`` — kept as asked unless the stack would not fit, then switched to the Zarr
   store in ``work_dir`` (with a warning);
-* the tile edge — halved until one median task (a tile of every group) is no larger than the
-  other tasks, so many exposures do not make median tasks the peak;
+* the tile edge — halved until one median task (a tile of every group meeting it) is no
+  larger than the other tasks, so many exposures do not make median tasks the peak;
 * the number of workers — as many as asked (default: the CPUs) that fit the budget together
   with this process; out of core, the median goes to the store too when that lets more
   workers fit;
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from outlier_dask.engine.estimate import (
 from outlier_dask.engine.handover import handover_kind
 from outlier_dask.engine.plan import Plan, make_plan
 from outlier_dask.io.members import Member
+from outlier_dask.kernels.resample import fill_value_number
 from outlier_dask.parameters import OutlierParameters, parse_memory_size
 
 __all__ = [
@@ -127,14 +129,19 @@ def estimate_run(
         processes=python_processes(params.scheduler, workers),
         keep_intermediate=params.save_intermediate_results,
         keep_masks=keep_masks,
+        numeric_fill=_numeric_fill(params),
     )
 
 
-def _fitting_tile(plan: Plan, tile: int) -> int:
+def _numeric_fill(params: OutlierParameters) -> bool:
+    """Whether the fill value of mosaic pixels without weight is a number, not NaN."""
+    return not math.isnan(fill_value_number(params.fillval))
+
+
+def _fitting_tile(plan: Plan, params: OutlierParameters, tile: int) -> int:
     """Halve the tile while a median task outweighs the other tasks (and matters at all)."""
-    ny, nx = plan.grid_shape
     while tile > MIN_TILE_PX:
-        sizes = worker_task_sizes(plan, min(tile, ny) * min(tile, nx))
+        sizes = worker_task_sizes(plan, (tile, tile), _numeric_fill(params))
         median = sizes.pop("median task")
         if median <= max(max(sizes.values()), MEDIAN_TASK_FLOOR):
             break
@@ -174,7 +181,7 @@ def fit_to_budget(
     wanted = params.n_workers or default_workers()
     if params.scheduler == "synchronous":
         wanted = 1
-    tile = _fitting_tile(plan, params.tile_size)
+    tile = _fitting_tile(plan, params, params.tile_size)
     if tile != params.tile_size:
         notes.append(f"tiles of {tile} pixels so a median task fits beside the others")
     plan = dataclasses.replace(plan, tile_shape=(tile, tile))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from outlier_dask.engine.handover import handover_footprint, uses_store
+from outlier_dask.engine.handover import handover_footprint, median_task_planes, uses_store
 from outlier_dask.engine.plan import Plan
 from outlier_dask.geometry.windows import area
 
@@ -31,8 +31,8 @@ BLOT_BYTES_PER_PX = 40
 #: Bytes per input pixel while writing a product: the block masks and the mask assembled from
 #: them (the writer streams the arrays through in blocks of rows, a few MB).
 WRITE_BYTES_PER_PX = 2
-#: A median task holds the masked stack of its tile for every group, the copy the NaN-median
-#: partitions, and its result.
+#: A median task holds its tile's block of the masked stack (the planes of the groups meeting
+#: the tile), the copy the NaN-median partitions, and its result.
 MEDIAN_BYTES_PER_STACK_PX = 3 * FLOAT32
 
 
@@ -61,8 +61,14 @@ class ResourceEstimate:
     parts: dict[str, int] = field(default_factory=dict)
 
 
-def worker_task_sizes(plan: Plan, tile_area: int) -> dict[str, int]:
-    """Bytes one worker holds in the largest task of each stage."""
+def worker_task_sizes(
+    plan: Plan, tile_shape: tuple[int, int], numeric_fill: bool = False
+) -> dict[str, int]:
+    """Bytes one worker holds in the largest task of each stage, with tiles of ``tile_shape``
+    (``numeric_fill``: the fill value is a number, see
+    :func:`~outlier_dask.engine.handover.median_task_planes`)."""
+    ny, nx = plan.grid_shape
+    tile_area = min(tile_shape[0], ny) * min(tile_shape[1], nx)
     per_px = DRIZZLE_BYTES_PER_INPUT_PX if plan.pixel_maps else COPY_BYTES_PER_INPUT_PX
     pixels = [m.shape[0] * m.shape[1] for m in plan.members]
     # A group task reads its members one at a time into its region's data and weight.
@@ -77,7 +83,9 @@ def worker_task_sizes(plan: Plan, tile_area: int) -> dict[str, int]:
     return {
         "drizzle task": drizzle,
         "blot+flag task": blot,
-        "median task": MEDIAN_BYTES_PER_STACK_PX * plan.n_groups * tile_area,
+        "median task": MEDIAN_BYTES_PER_STACK_PX
+        * median_task_planes(plan, tile_shape, numeric_fill)
+        * tile_area,
         "write task": WRITE_BYTES_PER_PX * max(pixels),
     }
 
@@ -104,16 +112,18 @@ def estimate_resources(
     processes: int | None = None,
     keep_intermediate: bool = False,
     keep_masks: bool = False,
+    numeric_fill: bool = False,
 ) -> ResourceEstimate:
     """Estimate the peak memory and scratch disk a plan needs.
 
-    With ``G`` groups, ``A_g`` the area of group ``g``'s region, ``N`` the median grid's
+    With ``G`` groups, ``G_T`` the most groups whose regions meet one tile (``G`` with
+    ``numeric_fill``), ``A_g`` the area of group ``g``'s region, ``N`` the median grid's
     pixels, ``T`` a tile's pixels, ``P_i`` input ``i``'s pixels, ``W`` workers and ``Q``
     Python processes (:func:`python_processes`), in bytes::
 
         worker set  = max(drizzle: 32 * max(P_i in g) + 8 * A_g        (largest group)
                           blot+flag: 40 * block with halo + 4 * its median cut-out,
-                          median: 12 * G * T,
+                          median: 12 * G_T * T,
                           write: 2 * max(P_i))
         memory      = handover (stack and median, in memory: see handover_footprint)
                     + 1 * sum(P_i)        outlier masks (bool), if returned
@@ -140,16 +150,17 @@ def estimate_resources(
     keep_masks : bool
         Whether every input's outlier mask comes back to this process (in-memory models, a
         plot); products written by the workers leave them there.
+    numeric_fill : bool
+        Whether the fill value (``fillval``) is a number rather than NaN.
 
     Returns
     -------
     ResourceEstimate
     """
     ny, nx = plan.grid_shape
-    tile_area = min(plan.tile_shape[0], ny) * min(plan.tile_shape[1], nx)
     member_px = sum(m.shape[0] * m.shape[1] for m in plan.members)
     workers = max(1, n_workers)
-    worker = worker_task_sizes(plan, tile_area)
+    worker = worker_task_sizes(plan, plan.tile_shape, numeric_fill)
     largest = max(worker, key=worker.get)
     n_processes = workers + 1 if processes is None else max(1, processes)
     handover = handover_footprint(kind, plan, workers)

@@ -7,13 +7,13 @@ This module owns that decision, made once per run from the scheduler and ``in_me
     A local scheduler this process starts (``processes``, ``threads``, ``synchronous``) with
     ``in_memory=True``: anonymous memory mapped before the workers are forked, so every worker
     sees it. Group tasks write their planes in place (only on the whole tiles their region
-    meets), median tasks read ``(G, ty, tx)`` blocks from it and store their tile, and blot
+    meets), median tasks read their tile's block from it and store their tile, and blot
     tasks read the whole median, which lets the compiled blot be used. Nothing large travels
     between processes.
 ``store``
     ``in_memory=False`` on a ``distributed`` cluster: Zarr arrays in the run's scratch folder
     (or a shared fsspec URL), chunked ``(1, ty, tx)``. Group tasks write their region, median
-    blocks are read ``(G, ty, tx)`` and stored, blot tasks read their cut-outs.
+    tasks read their tile's block and store their tile, blot tasks read their cut-outs.
 ``local-store``
     ``in_memory=False`` on a local scheduler: the stack in the Zarr store as above, the median
     (a single plane) in shared memory as with ``shared``, so that blot tasks can use the
@@ -26,9 +26,11 @@ This module owns that decision, made once per run from the scheduler and ``in_me
     blocks whose cut-outs are blot tasks' inputs. The client holds only keys.
 
 Every stage is written once against a :class:`Handover` (``engine/run.py``): a task per
-group writes its plane through :meth:`Handover.planes`; the median is one lazy expression over
-:meth:`Handover.stack` and is kept by :meth:`Handover.keep_median`; blot tasks get their median
-through :meth:`Handover.median_sources`. The memory and disk each place costs
+group writes its plane through :meth:`Handover.planes`; the median is one lazy dask array
+(:meth:`Handover.median`), a task per tile over the stack's block there (the planes of the
+groups that may hold a value there, :func:`planes_in`), and is kept by
+:meth:`Handover.keep_median`; blot tasks get their median through
+:meth:`Handover.median_sources`. The memory and disk each place costs
 (:func:`handover_footprint`) is what the estimate and the budget count.
 """
 
@@ -38,7 +40,7 @@ import contextlib
 import logging
 import operator
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,7 @@ from outlier_dask.geometry.windows import (
     tile_ranges,
     tiled_area,
     tiles_covering,
+    tiles_met,
 )
 from outlier_dask.kernels.weights import mask_low_weight
 
@@ -76,6 +79,7 @@ __all__ = [
     "Handover",
     "handover_footprint",
     "handover_kind",
+    "median_task_planes",
     "open_handover",
     "uses_store",
 ]
@@ -175,6 +179,61 @@ def handover_footprint(kind: str, plan: Plan, n_workers: int = 1) -> Footprint:
 # -- the planes group tasks write and median tasks read -------------------------------------
 
 
+def planes_in(layout: tuple, window: Window) -> list[int]:
+    """The groups whose plane may hold a value in ``window``: the planes of its stack block.
+
+    Beyond what its group wrote, a plane holds the group's outside value
+    (:func:`~.tasks.outside_value`), which is NaN unless the group's weight threshold is 0.
+    A plane that holds only NaN in ``window`` is left out of the window's block: the median
+    leaves all-NaN planes out anyway (:func:`~outlier_dask.kernels.median.planes_with_values`),
+    and in a survey most groups miss most tiles, so a block grows with the groups covering
+    it, not with all the groups.
+
+    Parameters
+    ----------
+    layout : tuple of (Window or None, float)
+        Per group, the window its plane holds (None: nothing) and its outside value.
+    window : Window
+        The block's window of the grid.
+
+    Returns
+    -------
+    list of int
+        Group indices in increasing order (empty where no group holds a value).
+    """
+    return [
+        g
+        for g, (written, outside) in enumerate(layout)
+        if (written is not None and meets(written, window)) or not np.isnan(outside)
+    ]
+
+
+def median_task_planes(plan: Plan, tile_shape: tuple[int, int], numeric_fill: bool) -> int:
+    """The most planes a median task's block holds (:func:`planes_in`) with tiles of
+    ``tile_shape``: the most groups whose regions meet one tile.
+
+    A group writes nothing beyond its region, so its plane is in the blocks of the tiles its
+    region meets; with a number as fill value (``numeric_fill``) a group whose weight threshold
+    is not above 0 holds that number everywhere, and every group is counted.
+    """
+    if numeric_fill:
+        return plan.n_groups
+    (ny, nx), (ty, tx) = plan.grid_shape, tile_shape
+    n_rows, n_cols = len(tile_ranges(ny, ty)), len(tile_ranges(nx, tx))
+    # Per group +1 on the tiles its region meets, as corners of a 2-D running sum.
+    corners = np.zeros((n_rows + 1, n_cols + 1), dtype=np.int64)
+    for group in plan.groups:
+        met = tiles_met(group.region, tile_shape)
+        if met is None:
+            continue
+        (r0, r1), (c0, c1) = met
+        corners[r0, c0] += 1
+        corners[r0, c1] -= 1
+        corners[r1, c0] -= 1
+        corners[r1, c1] += 1
+    return int(corners.cumsum(axis=0).cumsum(axis=1).max())
+
+
 @dataclass(frozen=True)
 class SharedPlanes:
     """The masked stack in shared memory; a plane is written on the whole tiles its group's
@@ -202,15 +261,17 @@ class SharedPlanes:
         return box, None
 
     def read(self, window: Window, layout: tuple) -> np.ndarray:
-        """The ``(G, ty, tx)`` block of the stack over ``window``."""
+        """The ``(k, ty, tx)`` block of the stack over ``window`` (:func:`planes_in`)."""
         (y0, y1), (x0, x1) = window
         view = self.stack.view()
-        block = np.empty((len(layout), y1 - y0, x1 - x0), dtype=np.float32)
-        for g, (written, outside) in enumerate(layout):
+        groups = planes_in(layout, window)
+        block = np.empty((len(groups), y1 - y0, x1 - x0), dtype=np.float32)
+        for k, g in enumerate(groups):
+            written, outside = layout[g]
             if written is not None and contains(written, window):
-                block[g] = view[g, y0:y1, x0:x1]
+                block[k] = view[g, y0:y1, x0:x1]
             else:  # never read: pages of tiles no group wrote are never committed
-                block[g] = outside
+                block[k] = outside
         return block
 
 
@@ -230,13 +291,19 @@ class StorePlanes:
         return region, None
 
     def read(self, window: Window, layout: tuple) -> np.ndarray:
-        """The ``(G, ty, tx)`` block over ``window``, each plane completed beyond its region."""
+        """The ``(k, ty, tx)`` block over ``window`` (:func:`planes_in`), each plane completed
+        beyond its region."""
         (y0, y1), (x0, x1) = window
-        block = np.asarray(self.store.array("data")[:, y0:y1, x0:x1])
-        for plane, (written, outside) in zip(block, layout, strict=True):
-            if written is None:
+        groups = planes_in(layout, window)
+        block = np.empty((len(groups), y1 - y0, x1 - x0), dtype=np.float32)
+        data = self.store.array("data")
+        for plane, g in zip(block, groups, strict=True):
+            written, outside = layout[g]
+            if written is None or not meets(written, window):
                 plane[...] = outside
-            elif not contains(written, window) and not np.isnan(outside):
+                continue
+            plane[...] = data[g, y0:y1, x0:x1]
+            if not contains(written, window) and not np.isnan(outside):
                 plane[outside_of(written, window)] = outside
         return block
 
@@ -271,12 +338,25 @@ def tile_of(outcome: GroupOutcome, key: tuple[int, int]) -> np.ndarray:
     return outcome.tiles[key]
 
 
-def stack_of_tiles(tiles: list, shape: tuple[int, int]) -> np.ndarray:
-    """A ``(G, ty, tx)`` block from per-group tiles or constants (the outside value)."""
+def median_of_tiles(
+    combine: Callable[[np.ndarray], np.ndarray], tiles: list, shape: tuple[int, int]
+) -> np.ndarray:
+    """``combine`` of the ``(k, ty, tx)`` block of ``tiles``: per plane, a group's tile or
+    a constant (its outside value); ``shape`` is ``(ty, tx)``."""
     block = np.empty((len(tiles), *shape), dtype=np.float32)
-    for g, tile in enumerate(tiles):
-        block[g] = tile
-    return block
+    for k, tile in enumerate(tiles):
+        block[k] = tile
+    return combine(block)
+
+
+def median_of_block(
+    combine: Callable[[np.ndarray], np.ndarray],
+    read: Callable[[Window, tuple], np.ndarray],
+    window: Window,
+    layout: tuple,
+) -> np.ndarray:
+    """``combine`` of the stack's block over ``window``, read by ``read(window, layout)``."""
+    return combine(read(window, layout))
 
 
 # -- the median's places ----------------------------------------------------------------------
@@ -390,8 +470,14 @@ class Handover:
         layout = [(written, outside) for _, written, outside, _ in summaries]
         return outcomes, layout, thresholds, [mosaic for *_, mosaic in summaries]
 
-    def stack(self, outcomes: list[Any], written: list[tuple]) -> da.Array:
-        """The masked stack as a dask array of ``(G, ty, tx)`` blocks.
+    def median(
+        self,
+        outcomes: list[Any],
+        written: list[tuple],
+        combine: Callable[[np.ndarray], np.ndarray],
+    ) -> da.Array:
+        """The lazy median ``(ny, nx)``: ``combine`` of the stack's ``(k, ty, tx)`` block
+        over each tile, one task per tile.
 
         Parameters
         ----------
@@ -399,37 +485,38 @@ class Handover:
             Per group, its task's result (persisted delayed objects on a cluster).
         written : list of (Window or None, float)
             Per group, the window its plane holds and its outside value.
+        combine : callable
+            ``combine(block)``: the per-pixel statistic over a block's first axis, shape
+            ``(k, ty, tx)`` float32 to ``(ty, tx)`` float32 (``k = 0`` gives NaN).
         """
         plan = self.plan
         (ny, nx), (ty, tx) = plan.grid_shape, plan.tile_shape
         rows, cols = tile_ranges(ny, ty), tile_ranges(nx, tx)
-        name = f"masked-stack-{self.run_id}"
+        name = f"median-{self.run_id}"
         layout = tuple(written)
         layer: dict = {}
-        dependencies: list = []
-        if self.kind == WORKERS:
-            tile_name = f"stack-tile-{self.run_id}"
-            for g, outcome in enumerate(outcomes):
-                dependencies.append(outcome)
-                for i, (r0, r1) in enumerate(rows):
-                    for j, (c0, c1) in enumerate(cols):
-                        box = layout[g][0]
-                        if box is not None and meets(box, ((r0, r1), (c0, c1))):
-                            layer[(tile_name, g, i, j)] = (tile_of, outcome.key, (i, j))
         reader = None if self.kind == WORKERS else self.planes.read
+        # On a cluster a tile is its own task, run where its group's result is: a median task
+        # fetches the tiles of its block, not the groups' whole results.
+        tile_name = f"stack-tile-{self.run_id}"
         for i, (r0, r1) in enumerate(rows):
             for j, (c0, c1) in enumerate(cols):
                 window = ((r0, r1), (c0, c1))
                 if reader is not None:
-                    layer[(name, 0, i, j)] = (reader, window, layout)
+                    layer[(name, i, j)] = (median_of_block, combine, reader, window, layout)
                     continue
-                tiles = [
-                    (tile_name, g, i, j) if (tile_name, g, i, j) in layer else outside
-                    for g, (_, outside) in enumerate(layout)
-                ]
-                layer[(name, 0, i, j)] = (stack_of_tiles, tiles, (r1 - r0, c1 - c0))
+                tiles = []
+                for g in planes_in(layout, window):
+                    box, outside = layout[g]
+                    if box is None or not meets(box, window):
+                        tiles.append(outside)
+                        continue
+                    layer[(tile_name, g, i, j)] = (tile_of, outcomes[g].key, (i, j))
+                    tiles.append((tile_name, g, i, j))
+                layer[(name, i, j)] = (median_of_tiles, combine, tiles, (r1 - r0, c1 - c0))
+        dependencies = list(outcomes) if reader is None else []
         graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
-        chunks = ((plan.n_groups,), tuple(b - a for a, b in rows), tuple(b - a for a, b in cols))
+        chunks = (tuple(b - a for a, b in rows), tuple(b - a for a, b in cols))
         return da.Array(graph, name, chunks, dtype=np.float32)
 
     def keep_median(self, median: da.Array, runner: Any) -> None:

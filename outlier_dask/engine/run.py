@@ -139,8 +139,7 @@ def run_plan(
     log.log(level, "stage drizzle: %d grouped mosaics in %.1f s", plan.n_groups, timings["drizzle"])
 
     started = time.perf_counter()
-    stack = handover.stack(outcomes, layout)
-    median = stack.map_blocks(_combine_of(params), drop_axis=0, dtype=np.float32)
+    median = handover.median(outcomes, layout, _combine_of(params))
     handover.keep_median(median, runner)
     del outcomes  # a cluster may now forget the group results (the median holds what is left)
     timings["median"] = time.perf_counter() - started

@@ -20,6 +20,7 @@ __all__ = [
     "tile_ranges",
     "tiled_area",
     "tiles_covering",
+    "tiles_met",
     "union",
 ]
 
@@ -69,14 +70,21 @@ def tiles_covering(
 
     Every tile of the grid then lies either inside this window or wholly outside it.
     """
+    met = tiles_met(region, tile_shape)
+    if met is None:
+        return None
+    ((r0, r1), (c0, c1)), (ty, tx) = met, tile_shape
+    return ((r0 * ty, min(r1 * ty, grid_shape[0])), (c0 * tx, min(c1 * tx, grid_shape[1])))
+
+
+def tiles_met(region: Window, tile_shape: tuple[int, int]) -> Window | None:
+    """The grid tiles ``region`` meets, as ``((row0, row1), (col0, col1))`` tile indices (end
+    excluded); None if it is empty."""
     (y0, y1), (x0, x1) = region
     if y0 >= y1 or x0 >= x1:
         return None
     ty, tx = tile_shape
-    return (
-        ((y0 // ty) * ty, min(-(-y1 // ty) * ty, grid_shape[0])),
-        ((x0 // tx) * tx, min(-(-x1 // tx) * tx, grid_shape[1])),
-    )
+    return (y0 // ty, -(-y1 // ty)), (x0 // tx, -(-x1 // tx))
 
 
 def tiled_area(region: Window, tile_shape: tuple[int, int], grid_shape: tuple[int, int]) -> int:

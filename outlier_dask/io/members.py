@@ -11,11 +11,12 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import asdf
+import asdf.schema
 import gwcs
 import numpy as np
 from astropy.io import fits
@@ -417,13 +418,25 @@ def _member_from_fields(
 
 
 def load_asdf_extensions() -> int:
-    """Load asdf's installed extensions now; returns how many there are.
+    """Load asdf's installed extensions and the image model's schema now; returns how many
+    extensions there are.
 
-    asdf finds and loads them (entry points, manifests) on the first file it opens, about half
-    a second. Loaded before worker processes are forked (readers, the run's workers, which
-    write the products' ASDF trees), they are loaded once, not once per worker.
+    asdf finds and loads its extensions (entry points, manifests) on the first file it opens.
+    Loaded before worker processes are forked (readers, the run's workers, which write the
+    products' ASDF trees), they and the schema are loaded once, not once per worker.
     """
+    image_model_schema()
     return len(asdf.get_config().extensions)
+
+
+@cache
+def image_model_schema() -> dict:
+    """``ImageModel``'s schema with its references resolved, read once per process.
+
+    stdatamodels reads it (a deep copy of asdf's cached tree) for every model it opens unless
+    it is given one; it reads the schema and does not change it.
+    """
+    return asdf.schema.load_schema(datamodels.ImageModel.schema_url, resolve_references=True)
 
 
 def members_from_files(
@@ -499,7 +512,7 @@ def _member_from_file(
                 )
             # stdatamodels reads the tree and, where the headers were edited after it was
             # written, the edited keywords, as it documents.
-            with datamodels.ImageModel(hdul) as model:
+            with datamodels.ImageModel(hdul, schema=image_model_schema()) as model:
                 fields = _fields_of_model(model, label)
     except AssociationError:
         if hdul is not None:

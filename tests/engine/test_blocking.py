@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from engine_runs import run_engine
 
-from outlier_dask.engine.handover import LOCAL_STORE, SHARED, STORE, WORKERS
+from outlier_dask.engine.handover import LOCAL_STORE, SHARED, STORE, WORKERS, planes_in
 from outlier_dask.engine.plan import make_plan
 from outlier_dask.engine.shared import SharedArray, shared_arrays
 from outlier_dask.engine.tasks import (
@@ -278,3 +278,19 @@ def test_tiles_a_group_does_not_meet_hold_its_outside_value(sparse_models, tmp_p
     for want, got in zip(expected.masks, result.masks, strict=True):
         np.testing.assert_array_equal(got, want)
     assert sum(int(m.sum()) for m in result.masks) > 10
+
+
+def test_a_tiles_block_holds_the_planes_that_may_hold_a_value_there():
+    """A group's plane is in a tile's block where it wrote, or where its outside value is one."""
+    layout = (
+        (((0, 16), (0, 16)), np.nan),  # wrote the tile
+        (((16, 32), (0, 16)), np.nan),  # wrote the tile below only
+        (None, np.nan),  # wrote nothing
+        (None, 0.0),  # wrote nothing, holds its fill value everywhere (threshold 0)
+        (((8, 24), (8, 24)), np.nan),  # wrote part of the tile
+        (((40, 48), (0, 8)), 0.0),  # wrote elsewhere, holds its fill value around it
+    )
+    assert planes_in(layout, ((0, 16), (0, 16))) == [0, 3, 4, 5]
+    assert planes_in(layout, ((16, 32), (0, 16))) == [1, 3, 4, 5]
+    assert planes_in(layout, ((0, 16), (24, 40))) == [3, 5]
+    assert planes_in(layout[:3], ((0, 16), (24, 40))) == []

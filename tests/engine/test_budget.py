@@ -231,3 +231,46 @@ def test_a_run_with_the_median_on_disk_flags_as_the_default_run(members, caplog)
     assert sum(flagged) > 0
     for want, got in zip(default.outputs, on_disk.outputs, strict=True):
         np.testing.assert_array_equal(got.dq, want.dq)
+
+
+def _with_regions(plan, grid_shape, regions):
+    """``plan`` on a grid of ``grid_shape`` whose groups cover ``regions``."""
+    groups = [
+        dataclasses.replace(plan.groups[g % plan.n_groups], group_id=f"g{g}", region=region)
+        for g, region in enumerate(regions)
+    ]
+    return dataclasses.replace(plan, grid_shape=grid_shape, groups=groups)
+
+
+def test_a_median_task_holds_the_groups_meeting_its_tile(members):
+    """The most regions meeting one tile; every group when the fill value is a number."""
+    plan = make_plan(members, "budget", OutlierParameters())
+    regions = [
+        ((0, 100), (0, 100)),  # tile (0, 0)
+        ((50, 300), (50, 300)),  # tiles (0..1, 0..1)
+        ((200, 260), (200, 260)),  # tile (1, 1)
+        ((256, 512), (256, 512)),  # tile (1, 1) only: the end is excluded
+        ((0, 0), (0, 50)),  # empty
+        ((400, 420), (0, 20)),  # tile (1, 0)
+    ]
+    plan = _with_regions(plan, (512, 512), regions)
+    assert handover.median_task_planes(plan, (256, 256), numeric_fill=False) == 3
+    assert handover.median_task_planes(plan, (512, 512), numeric_fill=False) == 5
+    # tile (2, 2) of 128: rows and columns 256-384 meet regions 1, 2 and 3
+    assert handover.median_task_planes(plan, (128, 128), numeric_fill=False) == 3
+    assert handover.median_task_planes(plan, (64, 64), numeric_fill=False) == 3
+    assert handover.median_task_planes(plan, (256, 256), numeric_fill=True) == 6
+
+
+def test_a_survey_keeps_its_median_tiles_where_a_deep_stack_shrinks_them(members):
+    """Many groups side by side (a survey) keep full tiles; the same groups stacked on one
+    field, or any groups with a numeric fill value, make median tasks heavy and tiles smaller."""
+    params = OutlierParameters(tile_size=1024, memory_limit="64GiB")
+    plan = make_plan(members, "survey", params)
+    side = [((0, 1024), (1024 * k, 1024 * (k + 1))) for k in range(40)]
+    survey = _with_regions(plan, (1024, 1024 * 40), side)
+    deep = _with_regions(plan, (1024, 1024 * 40), [side[0]] * 40)
+    assert fit_to_budget(survey, params).tile_size == 1024
+    assert fit_to_budget(deep, params).tile_size < 1024
+    numeric = params.replace(fillval="0")
+    assert fit_to_budget(survey, numeric).tile_size < 1024

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import asdf.schema
 import numpy as np
 import pytest
 from astropy.io import fits
 from stdatamodels.jwst import datamodels
 
 from outlier_dask.io.association import AssociationMember
-from outlier_dask.io.members import members_from_files
+from outlier_dask.io.members import image_model_schema, members_from_files
 from outlier_dask.synthetic import make_models
 
 
@@ -63,6 +64,19 @@ def test_edited_headers_are_honoured(cal_file, tmp_path):
     assert member.exposure_time == original * 2
     with datamodels.open(edited) as model:
         assert model.meta.exposure.exposure_time == original * 2
+
+
+def test_the_schema_read_once_is_the_image_models_and_stays_unchanged(cal_file, tmp_path):
+    """Every member's model is opened with one schema: stdatamodels' own, not altered by use."""
+    fresh = asdf.schema.load_schema(datamodels.ImageModel.schema_url, resolve_references=True)
+    assert image_model_schema() == fresh
+    edited = tmp_path / "edited_cal.fits"
+    with fits.open(cal_file) as hdul:
+        hdul[0].header["EFFEXPTM"] = 7.5
+        hdul.writeto(edited)
+    assert [_read(p).exposure_time for p in (cal_file, edited, cal_file)][1] == 7.5
+    assert image_model_schema() is image_model_schema()
+    assert image_model_schema() == fresh
 
 
 def test_a_datamodel_read_failure_names_the_file(cal_file, tmp_path):

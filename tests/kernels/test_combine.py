@@ -62,3 +62,11 @@ def test_equals_sorted_rejection_on_random_stacks_and_keeps_input():
                 values = values[:-1]
             want = np.median(values) if values.size else NAN
             np.testing.assert_array_equal(result[y, x], np.float32(want))
+
+
+def test_no_planes_give_nan():
+    """A tile no group covers has a block of no planes; its median is NaN, as for all-NaN."""
+    median = nanmedian_reject_highest(np.empty((0, 2, 3), dtype=np.float32), max_groups=3)
+    assert median.shape == (2, 3)
+    assert median.dtype == np.float32
+    assert np.isnan(median).all()
