@@ -204,8 +204,13 @@ def planes_in(layout: tuple, window: Window) -> list[int]:
     return [
         g
         for g, (written, outside) in enumerate(layout)
-        if (written is not None and meets(written, window)) or not np.isnan(outside)
+        if wrote_in(written, window) or not np.isnan(outside)
     ]
+
+
+def wrote_in(written: Window | None, window: Window) -> bool:
+    """Whether a group that wrote ``written`` (None: nothing) wrote a pixel of ``window``."""
+    return written is not None and meets(written, window)
 
 
 def median_task_planes(plan: Plan, tile_shape: tuple[int, int], numeric_fill: bool) -> int:
@@ -299,7 +304,7 @@ class StorePlanes:
         data = self.store.array("data")
         for plane, g in zip(block, groups, strict=True):
             written, outside = layout[g]
-            if written is None or not meets(written, window):
+            if not wrote_in(written, window):
                 plane[...] = outside
                 continue
             plane[...] = data[g, y0:y1, x0:x1]
@@ -508,7 +513,7 @@ class Handover:
                 tiles = []
                 for g in planes_in(layout, window):
                     box, outside = layout[g]
-                    if box is None or not meets(box, window):
+                    if not wrote_in(box, window):
                         tiles.append(outside)
                         continue
                     layer[(tile_name, g, i, j)] = (tile_of, outcomes[g].key, (i, j))
