@@ -70,7 +70,7 @@ from outlier_dask.runtime.schedulers import (
     resolve_security,
     start_runner,
 )
-from outlier_dask.runtime.signals import interrupted_by_signals
+from outlier_dask.runtime.signals import interrupted_by_signals, stop_if_interrupted
 
 __all__ = ["OutlierResult", "detect_outliers"]
 
@@ -366,6 +366,7 @@ def detect_outliers(
     plan, params = planned.plan, planned.params
     timings = {"plan": time.perf_counter() - started}
     _check_free_space(planned)
+    stop_if_interrupted()  # a signal swallowed by a library while planning: no work starts
     log.info(
         "%d inputs in %d groups; median grid %d x %d",
         len(members),
@@ -394,6 +395,7 @@ def detect_outliers(
                 keep_masks=keep_masks,
             )
             timings.update(result.timings)
+            stop_if_interrupted()  # a run that went on after one keeps no products
             written = _write_products(plan, result, outputs, from_files, params, asn_id)
     flagged = {m.name: n for m, n in zip(members, result_counts(result), strict=True)}
     for name, count in flagged.items():

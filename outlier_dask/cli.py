@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from outlier_dask.command import interrupt_behind, report_interrupt
+from outlier_dask.runtime.signals import stop_if_interrupted
 
 if TYPE_CHECKING:
     from outlier_dask.parameters import OutlierParameters
@@ -433,7 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(unknown_options_message(unknown))
         _setup_logging(args)
-        return _dispatch(args)
+        status = _dispatch(args)
+        stop_if_interrupted()  # swallowed by a library: it still ends the command
+        return status
     except BaseException as error:  # an interrupt, or an error Python raised from one
         interrupt = interrupt_behind(error)
         if interrupt is None:

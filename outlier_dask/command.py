@@ -38,11 +38,14 @@ def command(argv: Sequence[str] | None = None) -> int:
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         from outlier_dask.runtime.process import command_process
+        from outlier_dask.runtime.signals import stop_if_interrupted
 
         with command_process():
             try:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 from outlier_dask.cli import main
+
+                stop_if_interrupted()  # an import may have swallowed it
             except BaseException as error:
                 interrupt = interrupt_behind(error)
                 if interrupt is None:
@@ -55,13 +58,16 @@ def command(argv: Sequence[str] | None = None) -> int:
 
 def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
     """``error`` if it is a ``KeyboardInterrupt``, else the one it was raised from or while
-    handling, if any.
+    handling, else the interrupt of a signal the run received before it, if any.
 
     Python turns an exception raised in some places into another that keeps it as its cause:
     one raised by a descriptor's ``__set_name__`` while a class is created becomes a
     ``RuntimeError`` (Python 3.11), so a Ctrl-C while a module defines its classes (astropy's
     tables, during the imports) reaches the command as that error. The signal is what ended
-    the command then, and it is reported as one.
+    the command then, and it is reported as one. Other code drops the chain: numpy's dtype
+    parsing, met by a signal inside an extension's import (erfa's), raises a ``TypeError`` of
+    its own; the signal the run's handlers received
+    (:func:`~outlier_dask.runtime.signals.interrupt_received`) names it then.
     """
     seen: set[int] = set()
     current: BaseException | None = error
@@ -74,7 +80,9 @@ def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
             current = current.__cause__
         else:
             current = current.__context__
-    return None
+    from outlier_dask.runtime.signals import interrupt_received  # loaded by command_process
+
+    return interrupt_received()
 
 
 def report_interrupt(interrupt: KeyboardInterrupt) -> int:

@@ -231,6 +231,81 @@ def test_a_signal_during_start_up_ends_the_command_with_one_line(
     _assert_nothing_left(run, children, shm)
 
 
+#: Installed as ``sitecustomize``: with ``OD_TEST_SIGNAL_MET`` set to ``<where>:<what>``, the
+#: command sends itself SIGTERM inside code that meets the interrupt as some libraries do:
+#: ``swallow`` (C code that clears the error, a bare ``except``) or ``retype`` (numpy's dtype
+#: parsing in erfa's import, seen by a signal 0.3 s in: a ``TypeError`` without the chain),
+#: ``where`` the command imports its modules (``import``) or plans the run (``plan``).
+SIGNAL_MET_HOOK = """
+import os
+
+if os.environ.get("OD_TEST_SIGNAL_MET"):
+    import importlib
+    import signal
+    import sys
+    import time
+
+    _where, _what = os.environ["OD_TEST_SIGNAL_MET"].split(":")
+
+    def _meet_the_signal():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        except BaseException:
+            if _what == "retype":
+                raise TypeError("data type 'i4' not understood") from None
+        print("OD-TEST-HOOK went on", file=sys.stderr, flush=True)
+
+    if _where == "import":
+
+        class _MeetOnImport:
+            def find_spec(self, name, path=None, target=None):
+                if name == "outlier_dask.cli":
+                    sys.meta_path.remove(self)
+                    _meet_the_signal()
+                return None
+
+        sys.meta_path.insert(0, _MeetOnImport())
+    else:
+        _api = importlib.import_module("outlier_dask.api")
+        _original = _api.plan_run
+
+        def _plan_run(*args, **kwargs):
+            _meet_the_signal()
+            return _original(*args, **kwargs)
+
+        _api.plan_run = _plan_run
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("where", "what"), [("import", "swallow"), ("import", "retype"), ("plan", "swallow")]
+)
+def test_a_signal_a_library_swallows_or_retypes_still_ends_the_command(
+    association, tmp_path, where, what
+):
+    """The command goes on past the code that met the signal (``swallow``) or fails there with
+    another error (``retype``): it still ends with the signal's line and status, before any
+    work, and leaves nothing behind. Before, the first ran to the end with status 0 and
+    logging off (CI, a signal 0.3 s in), the second printed a traceback with status 1."""
+    path = python_path_with_hook(tmp_path / "hooks", SIGNAL_MET_HOOK)
+    run = _Run(
+        association, tmp_path, [], {"PYTHONPATH": path, "OD_TEST_SIGNAL_MET": f"{where}:{what}"}
+    )
+    try:
+        status = run.process.wait(HANG_S)
+    finally:
+        if run.process.poll() is None:
+            os.killpg(run.process.pid, signal.SIGKILL)
+            run.process.wait()
+    stderr = run.stderr()
+    assert status == 128 + signal.SIGTERM, stderr
+    assert ("OD-TEST-HOOK went on" in stderr) == (what == "swallow")
+    assert _messages(stderr) == ["outlier-dask: interrupted (SIGTERM)"]
+    _assert_nothing_left(run, set(), set())
+
+
 @pytest.mark.slow
 def test_a_local_cluster_run_stopped_by_sigterm_stops_its_workers_at_once(association, tmp_path):
     """SIGTERM to the whole process group (as ``kill -TERM -<pgid>`` and batch systems send it):

@@ -24,7 +24,12 @@ from process_hooks import python_path_with_hook
 from outlier_dask import detect_outliers
 from outlier_dask.engine.stores import SCRATCH_PREFIX
 from outlier_dask.io.validation import DiskFullError, OutputError
-from outlier_dask.runtime.signals import interrupted_by_signals, interrupts_not_lost
+from outlier_dask.runtime.signals import (
+    interrupt_received,
+    interrupted_by_signals,
+    interrupts_not_lost,
+    stop_if_interrupted,
+)
 from outlier_dask.synthetic import write_association
 
 #: Longest time a run may take to stop after SIGINT or SIGTERM.
@@ -480,6 +485,33 @@ def test_an_interrupt_raised_inside_a_weakref_callback_is_raised_again(kept):
                 go_on()
         else:
             assert go_on(), "Python dropped the interrupt and the code went on"
+
+
+def test_an_interrupt_a_library_swallowed_is_raised_again_at_the_next_step():
+    """A bare ``except`` (or C code clearing the error) drops the signal's interrupt: the
+    signal is still known for the block, ``stop_if_interrupted`` raises it again, an error
+    after it is the signal's, and a later block starts with none."""
+    from outlier_dask.command import interrupt_behind
+
+    steps = []
+    with interrupted_by_signals():
+        stop_if_interrupted()  # no signal yet: goes on
+        assert interrupt_received() is None
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            steps.append("not reached")
+        except BaseException:  # noqa: BLE001 - the library's swallowing, on purpose
+            steps.append("swallowed")
+        assert str(interrupt_received()) == "SIGTERM"
+        assert str(interrupt_behind(TypeError("data type 'i4' not understood"))) == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            stop_if_interrupted()
+    assert steps == ["swallowed"]
+    assert interrupt_received() is None
+    assert interrupt_behind(TypeError("an error of its own")) is None
+    with interrupted_by_signals():
+        stop_if_interrupted()
 
 
 def test_a_held_step_that_fails_after_a_signal_raises_the_interrupt_from_its_error():

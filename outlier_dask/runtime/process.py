@@ -27,7 +27,9 @@ a task's fresh arrays take fewer page faults (measured on the performance page).
   for the life of the process, so a signal during the imports, the planning or the start of
   the workers ends the command as one during the run does: one line, exit status 130 or 143.
   One that Python would drop (its ``KeyboardInterrupt`` raised inside a weakref callback or a
-  ``__del__``) is raised again (:func:`~outlier_dask.runtime.signals.interrupts_not_lost`).
+  ``__del__``) is raised again (:func:`~outlier_dask.runtime.signals.interrupts_not_lost`),
+  and so is one a library swallowed, at the next step of the command
+  (:func:`~outlier_dask.runtime.signals.stop_if_interrupted`).
   Only the interpreter's own start-up (before the entry point's first line) comes earlier.
 """
 

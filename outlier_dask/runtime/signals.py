@@ -6,6 +6,13 @@ processes would stay behind. During a run SIGTERM instead raises :class:`Keyboar
 the main thread, exactly as Ctrl-C does, so one clean-up path serves both. A second signal while
 that clean-up runs is logged and otherwise ignored, so the clean-up is not cut short (SIGKILL
 still ends the process at once).
+
+A library may swallow that ``KeyboardInterrupt`` (C code that clears the error it met, a bare
+``except``) or turn it into an error of its own (numpy's dtype parsing gives a ``TypeError``
+when the signal lands in it during an extension's import). The signal is remembered for the
+block: :func:`interrupt_received` tells the command that an error came after a signal, and
+:func:`stop_if_interrupted`, at the points between a run's steps, raises it again when it was
+swallowed, so the run never goes on, or ends with status 0, after a signal.
 """
 
 from __future__ import annotations
@@ -22,14 +29,19 @@ from types import FrameType
 from typing import Any
 
 __all__ = [
+    "interrupt_received",
     "interrupted_by_signals",
     "interrupts_not_lost",
     "signals_held",
+    "stop_if_interrupted",
     "without_ctrl_c_in_what_starts",
 ]
 
 log = logging.getLogger(__name__)
 
+#: The signal the handlers of :func:`interrupted_by_signals` received first, while the block
+#: that installed them runs (:func:`interrupt_received`).
+_received: dict[str, str | None] = {"name": None}
 #: While :func:`signals_held` runs: how many holds are open, and the signal held back.
 _hold: dict[str, object] = {"depth": 0, "pending": None}
 #: The signal whose ``KeyboardInterrupt`` Python dropped, to be raised again
@@ -66,7 +78,6 @@ def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
         yield
         return
     owner = os.getpid()
-    stopping = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if os.getpid() != owner:
@@ -82,7 +93,7 @@ def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
             return
         if _lost["name"] == name:
             _lost["name"] = None  # its first interrupt was dropped: raised again below
-        elif stopping.is_set():
+        elif _received["name"] is not None:
             again = f"{name} received again: still cleaning up (SIGKILL stops at once)"
             if announce:
                 log.warning(again)
@@ -90,7 +101,7 @@ def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
                 sys.stderr.write(again + "\n")
             return
         else:
-            stopping.set()
+            _received["name"] = name
             if announce:
                 log.warning("%s received: stopping and cleaning up", name)
             else:
@@ -111,6 +122,38 @@ def interrupted_by_signals(announce: bool = True) -> Iterator[None]:
     finally:
         for signum, current in previous.items():
             signal.signal(signum, current)
+        if previous:
+            _received["name"] = None
+
+
+def interrupt_received() -> KeyboardInterrupt | None:
+    """The interrupt of the signal the handlers of :func:`interrupted_by_signals` received in
+    the current block, else None (no signal yet, or the handlers are not this module's).
+
+    Asked when an error ends a run: an error after a signal is taken for the signal's (a
+    library turned its ``KeyboardInterrupt`` into its own error, or the clean-up it started
+    failed), and the run is reported as interrupted.
+    """
+    name = _received["name"]
+    return None if name is None else KeyboardInterrupt(name)
+
+
+def stop_if_interrupted() -> None:
+    """Raise the interrupt of a signal received in the current block, if there was one.
+
+    Called only where the run goes on normally (after its imports, between its steps, before
+    its products are published), never in clean-up: the signal's ``KeyboardInterrupt`` is
+    raised where the main thread was when it came, so reaching such a point after it means a
+    library swallowed it.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        With the signal's name (``"SIGINT"``, ``"SIGTERM"``), as the handler raised it.
+    """
+    interrupt = interrupt_received()
+    if interrupt is not None:
+        raise interrupt
 
 
 @contextlib.contextmanager
