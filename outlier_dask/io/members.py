@@ -470,16 +470,21 @@ def members_from_files(
 def _member_of_entry(
     numbered: tuple[int, AssociationMember], usable_under: tuple[str, bool] | None = None
 ) -> Member:
-    """:func:`_member_from_file` of ``(index, entry)``, without asdf's schema validation.
+    """:func:`_member_from_file` of ``(index, entry)``, with asdf reading only what it needs.
 
-    The schema validation of each whole tree on read is a fifth of the metadata time, and
-    stdatamodels only warns on what it finds; the fields this step uses are checked in
-    ``_member_from_fields``. ``asdf.config_context`` changes asdf's configuration for this
-    thread and this call only.
+    - No schema validation of the whole tree on read (the larger part of asdf's time):
+      stdatamodels only warns on what it finds, and the fields this step uses are checked in
+      ``_member_from_fields``.
+    - A lazy tree (``lazy_tree``): a tagged node becomes its object (a gwcs, an astropy
+      model) when it is read, so only the WCS and the nodes stdatamodels walks are built,
+      not the rest of the tree the calibration steps left.
+
+    ``asdf.config_context`` changes asdf's configuration for this thread and this call only.
     """
     index, entry = numbered
     with asdf.config_context() as config:
         config.validate_on_read = False
+        config.lazy_tree = True
         return _member_from_file(entry, index, usable_under)
 
 
@@ -542,9 +547,10 @@ def _refuse_truncated(hdul: fits.HDUList, path: Path, label: str) -> None:
     """Refuse a file shorter than its headers say (a copy or download cut off)."""
     size = os.path.getsize(path)
     # Extensions follow one another, and reading stops at the first header a cut removed: the
-    # last extension read ends furthest. (Each fileinfo call re-checks every header.)
+    # last extension read ends furthest. (The HDU's own fileinfo: the list's also compares
+    # every header with the file, to report edits.)
     index = len(hdul) - 1
-    info = hdul.fileinfo(index)
+    info = hdul[index].fileinfo()
     end = info["datLoc"] + info["datSpan"]
     if end > size:
         raise AssociationError(

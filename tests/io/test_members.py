@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import asdf.schema
 import numpy as np
@@ -51,6 +52,21 @@ def test_metadata_is_what_the_datamodel_says(cal_file):
     assert member.source.shape_of("SCI") == (40, 50)
     assert member.source.shape_of("VAR_RNOISE") == (40, 50)
     assert member.source.shape_of("ASDF") is None
+
+
+def test_a_member_read_from_a_lazy_tree_is_whole_once_its_file_is_closed(cal_file):
+    """The tree is read lazily (a node becomes its object when read): the member keeps
+    nothing that needs the closed file, so it pickles (as it travels to a cluster's workers)
+    with a WCS that maps as the datamodel's does; asdf's own settings are as before."""
+    before = (asdf.get_config().lazy_tree, asdf.get_config().validate_on_read)
+    member = _read(cal_file)
+    assert (asdf.get_config().lazy_tree, asdf.get_config().validate_on_read) == before
+    travelled = pickle.loads(pickle.dumps(member))
+    assert type(travelled.wcsinfo) is dict
+    np.testing.assert_array_equal(_pixel_positions(travelled), _pixel_positions(member))
+    with datamodels.open(cal_file) as model:
+        inverse = model.meta.wcs.invert(*_pixel_positions(member))
+    np.testing.assert_allclose(travelled.wcs.invert(*_pixel_positions(member)), inverse)
 
 
 def test_edited_headers_are_honoured(cal_file, tmp_path):
