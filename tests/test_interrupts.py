@@ -168,13 +168,17 @@ class _Run:
             os.killpg(self.process.pid, signum)
         else:
             self.process.send_signal(signum)
+        status = self.wait()
+        return status, time.perf_counter() - sent, pids - {self.process.pid}, shm
+
+    def wait(self) -> int:
+        """The command's exit status; killed (with its group) if it hangs."""
         try:
-            status = self.process.wait(HANG_S)
+            return self.process.wait(HANG_S)
         finally:
             if self.process.poll() is None:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        return status, time.perf_counter() - sent, pids - {self.process.pid}, shm
 
     def stderr(self) -> str:
         self.reader.join(HANG_S)
@@ -293,12 +297,7 @@ def test_a_signal_a_library_swallows_or_retypes_still_ends_the_command(
     run = _Run(
         association, tmp_path, [], {"PYTHONPATH": path, "OD_TEST_SIGNAL_MET": f"{where}:{what}"}
     )
-    try:
-        status = run.process.wait(HANG_S)
-    finally:
-        if run.process.poll() is None:
-            os.killpg(run.process.pid, signal.SIGKILL)
-            run.process.wait()
+    status = run.wait()
     stderr = run.stderr()
     assert status == 128 + signal.SIGTERM, stderr
     assert ("OD-TEST-HOOK went on" in stderr) == (what == "swallow")
