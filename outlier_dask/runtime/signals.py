@@ -141,10 +141,10 @@ def interrupt_received() -> KeyboardInterrupt | None:
 def stop_if_interrupted() -> None:
     """Raise the interrupt of a signal received in the current block, if there was one.
 
-    Called only where the run goes on normally (after its imports, between its steps, before
-    its products are published), never in clean-up: the signal's ``KeyboardInterrupt`` is
-    raised where the main thread was when it came, so reaching such a point after it means a
-    library swallowed it.
+    Called only where the run goes on normally (after its imports, between its steps, after
+    its stages, whose products the failure's clean-up then removes), never in clean-up: the
+    signal's ``KeyboardInterrupt`` is raised where the main thread was when it came, so
+    reaching such a point after it means a library swallowed it.
 
     Raises
     ------
