@@ -138,10 +138,10 @@ def _numeric_fill(params: OutlierParameters) -> bool:
     return not math.isnan(fill_value_number(params.fillval))
 
 
-def _fitting_tile(plan: Plan, params: OutlierParameters, tile: int) -> int:
+def _fitting_tile(plan: Plan, tile: int, numeric_fill: bool) -> int:
     """Halve the tile while a median task outweighs the other tasks (and matters at all)."""
     while tile > MIN_TILE_PX:
-        sizes = worker_task_sizes(plan, (tile, tile), _numeric_fill(params))
+        sizes = worker_task_sizes(plan, (tile, tile), numeric_fill)
         median = sizes.pop("median task")
         if median <= max(max(sizes.values()), MEDIAN_TASK_FLOOR):
             break
@@ -181,7 +181,7 @@ def fit_to_budget(
     wanted = params.n_workers or default_workers()
     if params.scheduler == "synchronous":
         wanted = 1
-    tile = _fitting_tile(plan, params, params.tile_size)
+    tile = _fitting_tile(plan, params.tile_size, _numeric_fill(params))
     if tile != params.tile_size:
         notes.append(f"tiles of {tile} pixels so a median task fits beside the others")
     plan = dataclasses.replace(plan, tile_shape=(tile, tile))
