@@ -31,12 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from outlier_masks import outlier_masks, same_masks
 
 
-def _checkout(revision: str, parent: Path) -> Path:
+def checkout_revision(revision: str, parent: Path) -> Path:
     path = parent / revision.replace("/", "_")
     subprocess.run(
         ["git", "worktree", "add", "--detach", str(path), revision],
@@ -44,6 +45,27 @@ def _checkout(revision: str, parent: Path) -> Path:
         capture_output=True,
     )
     return path
+
+
+def revisions_parser(description: str, asn_help: str) -> argparse.ArgumentParser:
+    """The options of a script that alternates two revisions on one association."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("old", help="revision A (e.g. a commit)")
+    parser.add_argument("new", help="revision B (e.g. HEAD)")
+    parser.add_argument("--asn", required=True, help=asn_help)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each revision")
+    return parser
+
+
+def remove_checkouts(checkouts: Iterable[Path], scratch: Path) -> None:
+    """Remove the worktrees of :func:`checkout_revision` and the scratch folder that holds them."""
+    for path in checkouts:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(path)],
+            check=False,
+            capture_output=True,
+        )
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 #: The stages of the ``--profile`` table that partition a call's time ("write" is part of
@@ -86,11 +108,7 @@ def _run(checkout: Path, asn: str, out: Path, extra: list[str]) -> tuple[float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("old", help="revision A (e.g. a commit)")
-    parser.add_argument("new", help="revision B (e.g. HEAD)")
-    parser.add_argument("--asn", required=True, help="the association to run")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each revision")
+    parser = revisions_parser(__doc__.splitlines()[0], "the association to run")
     parser.add_argument(
         "--stages", action="store_true", help="also the median seconds of each stage"
     )
@@ -100,7 +118,7 @@ def main() -> None:
     checkouts = {}
     try:
         for label, revision in (("A", args.old), ("B", args.new)):
-            checkouts[label] = _checkout(revision, scratch)
+            checkouts[label] = checkout_revision(revision, scratch)
         times: dict[str, list[float]] = {"A": [], "B": []}
         stages: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
         extra = [*args.extra, "--profile"] if args.stages else args.extra
@@ -136,13 +154,7 @@ def main() -> None:
         if not same:
             raise SystemExit("the two revisions flag different pixels")
     finally:
-        for path in checkouts.values():
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(path)],
-                check=False,
-                capture_output=True,
-            )
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_checkouts(checkouts.values(), scratch)
 
 
 if __name__ == "__main__":

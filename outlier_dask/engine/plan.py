@@ -17,7 +17,11 @@ from outlier_dask.geometry.output_grid import (
     grid_for_mapping,
     output_wcs_from_footprints,
 )
-from outlier_dask.geometry.pixel_map import PixelMap, build_pixel_map
+from outlier_dask.geometry.pixel_map import (
+    PixelMap,
+    build_pixel_map,
+    checked_spline_from_samples,
+)
 from outlier_dask.geometry.windows import Window, contains, tile_ranges, union
 from outlier_dask.io.members import Member
 from outlier_dask.kernels.flags import FLAG_HALO_PX
@@ -201,17 +205,7 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
     )
     grid_shape = (int(grid.array_shape[0]), int(grid.array_shape[1]))
     mapping_grid = grid_for_mapping(grid)
-    pixel_maps = [
-        build_pixel_map(
-            m.wcs,
-            mapping_grid,
-            m.shape,
-            tolerance_px=params.pixmap_tolerance,
-            stepsize=params.pixmap_stepsize,
-            order=params.pixmap_order,
-        )
-        for m in members
-    ]
+    pixel_maps = [_pixel_map(m, mapping_grid, params) for m in members]
     for m, pm in zip(members, pixel_maps, strict=True):
         log.debug("%s: pixel map by %s, max error %.2g px", m.name, pm.method, pm.max_error_px)
     groups = []
@@ -235,6 +229,28 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
         for b in _blocks_of(m, pixel_maps[m.index], grid_shape, params.block_size, halo)
     ]
     return Plan(members, product_name, grid, grid_shape, pixel_maps, groups, tile, blocks)
+
+
+def _pixel_map(member: Member, grid: gwcs.WCS, params: OutlierParameters) -> PixelMap:
+    """The member's pixel map onto ``grid``: from its sky samples where they give it (its
+    WCS is then not needed here), else from its WCS; the same map either way."""
+    from_samples = checked_spline_from_samples(
+        member.sky_samples,
+        grid,
+        member.shape,
+        tolerance_px=params.pixmap_tolerance,
+        stepsize=params.pixmap_stepsize,
+    )
+    if from_samples is not None:
+        return from_samples
+    return build_pixel_map(
+        member.wcs,
+        grid,
+        member.shape,
+        tolerance_px=params.pixmap_tolerance,
+        stepsize=params.pixmap_stepsize,
+        order=params.pixmap_order,
+    )
 
 
 def _plan_without_resampling(

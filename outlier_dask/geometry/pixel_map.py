@@ -28,7 +28,15 @@ import gwcs
 import numpy as np
 from scipy.interpolate import BSpline, RectBivariateSpline
 
-__all__ = ["PixelMap", "TensorSpline", "build_pixel_map", "valid_pixel_range"]
+__all__ = [
+    "PixelMap",
+    "SkySamples",
+    "TensorSpline",
+    "build_pixel_map",
+    "checked_spline_from_samples",
+    "sky_samples",
+    "valid_pixel_range",
+]
 
 COARSE_STEPS_PX = (64, 32, 16)
 
@@ -59,12 +67,25 @@ def _exact_positions(
     The output grid's bounding box is ignored (positions off the grid are kept); the input's
     is applied, so positions outside it become NaN, as in the reference.
     """
+    return _grid_pixels(wcs_out, _sky_values(wcs_in, x, y))
+
+
+def _sky_values(wcs_in: gwcs.WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """World values (degrees on the sky) of input pixel positions; NaN outside its bounding
+    box. The first half of :func:`_exact_positions`, which needs no output grid."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        return tuple(np.asarray(v, dtype=np.float64) for v in wcs_in.pixel_to_world_values(x, y))
+
+
+def _grid_pixels(wcs_out: gwcs.WCS, world: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Output-grid (x, y) of world values, the grid's bounding box ignored: the second half of
+    :func:`_exact_positions`."""
     saved = wcs_out.bounding_box
     wcs_out.bounding_box = None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=RuntimeWarning)
-            world = wcs_in.pixel_to_world_values(x, y)
             ox, oy = wcs_out.world_to_pixel_values(*world)
     finally:
         wcs_out.bounding_box = saved
@@ -298,6 +319,104 @@ def _spline_error_px(
     return float(np.nanmax(error)) if np.isfinite(error).any() else math.inf
 
 
+@dataclass(frozen=True, eq=False)
+class SkySamples:
+    """Where an input's pixels fall on the sky at the nodes and check points of its pixel
+    map's first spline (steps of ``COARSE_STEPS_PX[0]``).
+
+    They come from the input's WCS alone, before any output grid exists, so the readers of an
+    association's files compute them side by side; the plan then maps them onto the grid
+    (:func:`checked_spline_from_samples`) without the input's WCS.
+
+    Attributes
+    ----------
+    valid_range : (int, int, int, int)
+        ``(xmin, xmax, ymin, ymax)`` of :func:`valid_pixel_range`.
+    world : tuple of ndarray, each shape (2 nr - 1, 2 nc - 1), float64
+        World values (degrees) at every check row and column: the nodes of ``nr`` rows and
+        ``nc`` columns and the midpoints between them; NaN outside the bounding box.
+    """
+
+    valid_range: tuple[int, int, int, int]
+    world: tuple[np.ndarray, ...]
+
+
+def sky_samples(wcs_in: gwcs.WCS, shape: tuple[int, int]) -> SkySamples | None:
+    """The :class:`SkySamples` of an input of ``shape`` ``(ny, nx)``; None where its pixel
+    map would not be a spline whatever the options (fewer than 11 valid pixels a side)."""
+    valid = valid_pixel_range(wcs_in, shape)
+    if _too_small_for_a_spline(valid):
+        return None
+    _, _, check_ys, check_xs = _spline_axes(valid, COARSE_STEPS_PX[0])
+    gy, gx = np.meshgrid(check_ys, check_xs, indexing="ij")
+    return SkySamples(valid, _sky_values(wcs_in, gx, gy))
+
+
+def checked_spline_from_samples(
+    samples: SkySamples | None,
+    wcs_out: gwcs.WCS,
+    shape: tuple[int, int],
+    *,
+    tolerance_px: float = 1e-4,
+    stepsize: float = 1.0,
+) -> PixelMap | None:
+    """The pixel map :func:`build_pixel_map` gives, from an input's sky samples, when that map
+    is the checked spline of the first step; None otherwise (no samples, options asking for
+    another method, or an error above the tolerance: build the map from the WCS then).
+
+    Bit for bit the map :func:`build_pixel_map` returns: the same positions, splines and check.
+    """
+    if samples is None or not _checked_spline_wanted(tolerance_px, stepsize):
+        return None
+    ys, xs, check_ys, check_xs = _spline_axes(samples.valid_range, COARSE_STEPS_PX[0])
+    exact_positions = np.stack(_grid_pixels(wcs_out, samples.world), axis=-1)
+    return _checked_spline(
+        shape, samples.valid_range, ys, xs, check_ys, check_xs, exact_positions, tolerance_px
+    )
+
+
+def _too_small_for_a_spline(valid: tuple[int, int, int, int]) -> bool:
+    xmin, xmax, ymin, ymax = valid
+    return max(xmax - xmin, ymax - ymin) + 1 <= 10
+
+
+def _checked_spline_wanted(tolerance_px: float, stepsize: float) -> bool:
+    """Whether the options ask for the checked spline (not the sparse map, not exact)."""
+    return stepsize <= 1 and tolerance_px > 0
+
+
+def _spline_axes(
+    valid: tuple[int, int, int, int], step: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ys, xs, check_ys, check_xs)``: the spline's node rows and columns at ``step``, and
+    the rows and columns its error is measured at (the nodes and the midpoints between)."""
+    xmin, xmax, ymin, ymax = valid
+    xs, ys = _coarse_axis(xmin, xmax, step, 4), _coarse_axis(ymin, ymax, step, 4)
+    return ys, xs, _with_midpoints(ys), _with_midpoints(xs)
+
+
+def _checked_spline(
+    shape: tuple[int, int],
+    valid: tuple[int, int, int, int],
+    ys: np.ndarray,
+    xs: np.ndarray,
+    check_ys: np.ndarray,
+    check_xs: np.ndarray,
+    exact_positions: np.ndarray,
+    tolerance_px: float,
+) -> PixelMap | None:
+    """The spline through ``exact_positions[::2, ::2]`` (shape ``(len(check_ys),
+    len(check_xs), 2)``) if its error at every check point is within the tolerance."""
+    splines = _splines_through(ys, xs, exact_positions[::2, ::2], 3)
+    if splines is None:
+        return None
+    spline = TensorSpline.from_splines(*splines)
+    error = _spline_error_px(spline, check_ys, check_xs, exact_positions)
+    if error <= tolerance_px:
+        return PixelMap(shape, valid, "spline", error, spline=spline)
+    return None
+
+
 def build_pixel_map(
     wcs_in: gwcs.WCS,
     wcs_out: gwcs.WCS,
@@ -331,7 +450,7 @@ def build_pixel_map(
     valid = valid_pixel_range(wcs_in, shape)
     xmin, xmax, ymin, ymax = valid
     exact = PixelMap(shape, valid, "exact", 0.0, wcs_in=wcs_in, wcs_out=wcs_out)
-    if max(xmax - xmin, ymax - ymin) + 1 <= 10:
+    if _too_small_for_a_spline(valid):
         return exact
     if stepsize > 1:
         xs, ys = _coarse_axis(xmin, xmax, stepsize), _coarse_axis(ymin, ymax, stepsize)
@@ -339,19 +458,17 @@ def build_pixel_map(
         if splines is None:
             return exact
         return PixelMap(shape, valid, "sparse", math.nan, None, None, None, *splines)
-    if tolerance_px <= 0:
+    if not _checked_spline_wanted(tolerance_px, stepsize):
         return exact
     for step in COARSE_STEPS_PX:
-        xs, ys = _coarse_axis(xmin, xmax, step, 4), _coarse_axis(ymin, ymax, step, 4)
-        # The error is measured at the coarse nodes and the centres of the cells and edges
-        # between them; one WCS evaluation gives both (the nodes are every other sample).
-        check_ys, check_xs = _with_midpoints(ys), _with_midpoints(xs)
+        # One WCS evaluation gives the nodes and the check points (every other sample).
+        ys, xs, check_ys, check_xs = _spline_axes(valid, step)
         exact_positions = _grid_positions(wcs_in, wcs_out, check_ys, check_xs)
-        splines = _splines_through(ys, xs, exact_positions[::2, ::2], 3)
-        if splines is None:
+        if not np.isfinite(exact_positions[::2, ::2]).all():
             return exact
-        spline = TensorSpline.from_splines(*splines)
-        error = _spline_error_px(spline, check_ys, check_xs, exact_positions)
-        if error <= tolerance_px:
-            return PixelMap(shape, valid, "spline", error, spline=spline)
+        checked = _checked_spline(
+            shape, valid, ys, xs, check_ys, check_xs, exact_positions, tolerance_px
+        )
+        if checked is not None:
+            return checked
     return exact

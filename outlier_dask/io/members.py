@@ -8,6 +8,7 @@ task needs (FITS files are memory-mapped), so process workers exchange file name
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 from astropy.io import fits
 from stdatamodels.jwst import datamodels
 
+from outlier_dask.geometry.pixel_map import SkySamples, sky_samples
 from outlier_dask.io.association import (
     AssociationError,
     AssociationMember,
@@ -283,6 +285,15 @@ class Member:
     usable : UsablePixels or None
         What its pixels hold under the run's ``good_bits``, found while the file was open for
         its metadata; None where not looked at yet.
+    sky_samples : SkySamples or None
+        Where its pixels fall on the sky at its pixel map's first nodes and check points
+        (:func:`~outlier_dask.geometry.pixel_map.sky_samples`), computed with its metadata;
+        None where they could not be.
+
+    A pickled member carries its WCS as bytes and a process rebuilds the WCS only when it
+    reads ``wcs``: rebuilding a WCS's models costs milliseconds per member, and the command's
+    process, which receives every member from the readers, needs none when every pixel map
+    comes from the sky samples.
     """
 
     index: int
@@ -299,6 +310,29 @@ class Member:
     has_var_rnoise: bool = True
     usable: UsablePixels | None = None
     model: datamodels.ImageModel | None = field(default=None, repr=False)
+    sky_samples: SkySamples | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if "wcs" in state:
+            wcs = state.pop("wcs")
+            if "_pickled_wcs" not in state:
+                state["_pickled_wcs"] = pickle.dumps(wcs, pickle.HIGHEST_PROTOCOL)
+        return state
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only when ``name`` is not found: ``wcs`` of a member that arrived pickled.
+        pickled = self.__dict__.get("_pickled_wcs") if name == "wcs" else None
+        if pickled is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        wcs = pickle.loads(pickled)
+        self.__dict__["wcs"] = wcs
+        return wcs
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "wcs":
+            self.__dict__.pop("_pickled_wcs", None)  # a new WCS: the bytes are stale
+        object.__setattr__(self, name, value)
 
     @property
     def stem(self) -> str:
@@ -414,7 +448,17 @@ def _member_from_fields(
         source=source,
         path=path,
         has_var_rnoise=var_rnoise_usable(fields.rnoise_shape, shape),
+        sky_samples=_sky_samples_or_none(fields.wcs, (int(shape[0]), int(shape[1]))),
     )
+
+
+def _sky_samples_or_none(wcs: gwcs.WCS, shape: tuple[int, int]) -> SkySamples | None:
+    """The member's sky samples, or None if its WCS cannot give them here: the plan then
+    builds the pixel map from the WCS, and reports what is wrong with it as it always has."""
+    try:
+        return sky_samples(wcs, shape)
+    except Exception:  # noqa: BLE001 - a faulty WCS is the plan's to report
+        return None
 
 
 def load_asdf_extensions() -> int:

@@ -145,3 +145,72 @@ def test_tensor_spline_equals_fitpack_evaluation():
     np.testing.assert_array_equal(spline.positions(rows[7:8], cols), values[7:8])
     np.testing.assert_array_equal(spline.positions(rows, cols[200:201]), values[:, 200:201])
     np.testing.assert_array_equal(spline.positions(rows[3:150], cols[9:31]), values[3:150, 9:31])
+
+
+def _same_map(a, b) -> bool:
+    """Whether two pixel maps are the same map bit for bit (method, range, error, spline)."""
+    if (a.method, a.valid_range, a.shape) != (b.method, b.valid_range, b.shape):
+        return False
+    if a.max_error_px != b.max_error_px:
+        return False
+    sa, sb = a.spline, b.spline
+    return all(
+        np.array_equal(getattr(sa, name), getattr(sb, name))
+        for name in ("row_knots", "col_knots", "coefficients")
+    )
+
+
+def test_a_map_from_sky_samples_is_the_map_from_the_wcs_bit_for_bit(wcs_pair):
+    from outlier_dask.geometry.pixel_map import checked_spline_from_samples, sky_samples
+
+    wcs_in, grid = wcs_pair
+    samples = sky_samples(wcs_in, SHAPE)
+    from_samples = checked_spline_from_samples(samples, grid, SHAPE, tolerance_px=1e-4)
+    from_wcs = build_pixel_map(wcs_in, grid, SHAPE, tolerance_px=1e-4)
+    assert from_samples is not None
+    assert from_samples.method == "spline"
+    assert _same_map(from_samples, from_wcs)
+    np.testing.assert_array_equal(
+        from_samples.evaluate((0, SHAPE[0]), (0, SHAPE[1])),
+        from_wcs.evaluate((0, SHAPE[0]), (0, SHAPE[1])),
+    )
+
+
+def test_sky_samples_follow_the_bounding_box(wcs_pair):
+    from copy import deepcopy
+
+    from outlier_dask.geometry.pixel_map import checked_spline_from_samples, sky_samples
+
+    wcs_in, grid = wcs_pair
+    clipped = deepcopy(wcs_in)
+    clipped.bounding_box = ((9.5, 239.5), (-0.5, 150.2))
+    samples = sky_samples(clipped, SHAPE)
+    assert samples.valid_range == (10, 239, 0, 150)
+    from_samples = checked_spline_from_samples(samples, grid, SHAPE, tolerance_px=1e-4)
+    assert _same_map(from_samples, build_pixel_map(clipped, grid, SHAPE, tolerance_px=1e-4))
+
+
+@pytest.mark.parametrize(
+    ("options", "method_from_the_wcs"),
+    [
+        ({"tolerance_px": 0.0}, "exact"),
+        ({"tolerance_px": 1e-15}, "exact"),
+        ({"tolerance_px": 1e-4, "stepsize": 10}, "sparse"),
+    ],
+)
+def test_sky_samples_leave_every_other_map_to_the_wcs(wcs_pair, options, method_from_the_wcs):
+    """Exact evaluation, a spline that misses its tolerance at the first step, and the
+    reference's sparse map all need the WCS: the samples give no map for them."""
+    from outlier_dask.geometry.pixel_map import checked_spline_from_samples, sky_samples
+
+    wcs_in, grid = wcs_pair
+    assert checked_spline_from_samples(sky_samples(wcs_in, SHAPE), grid, SHAPE, **options) is None
+    assert build_pixel_map(wcs_in, grid, SHAPE, **options).method == method_from_the_wcs
+
+
+def test_a_frame_too_small_for_a_spline_has_no_sky_samples(wcs_pair):
+    from outlier_dask.geometry.pixel_map import sky_samples
+
+    wcs_in, grid = wcs_pair
+    assert sky_samples(wcs_in, (10, 10)) is None
+    assert build_pixel_map(wcs_in, grid, (10, 10)).method == "exact"

@@ -156,7 +156,63 @@ def test_members_read_in_worker_processes_equal_those_read_here(many_cal_files):
     for a, b in zip(in_workers, here, strict=True):
         fields = ("index", "name", "group_id", "shape", "wcsinfo", "exposure_time", "source")
         assert all(getattr(a, f) == getattr(b, f) for f in fields)
+        assert a.sky_samples.valid_range == b.sky_samples.valid_range
+        for world_a, world_b in zip(a.sky_samples.world, b.sky_samples.world, strict=True):
+            np.testing.assert_array_equal(world_a, world_b)
         np.testing.assert_array_equal(_pixel_positions(a), _pixel_positions(b))
+
+
+def test_a_travelled_member_rebuilds_its_wcs_only_when_it_is_read(cal_file):
+    """A member pickled (by a reader, for a cluster) carries its WCS as bytes: the WCS is
+    rebuilt where ``wcs`` is read, travels on as the same bytes until then, and a WCS set
+    anew replaces them."""
+    member = _read(cal_file)
+    travelled = pickle.loads(pickle.dumps(member))
+    assert "wcs" not in vars(travelled)
+    again = pickle.loads(pickle.dumps(travelled))
+    assert "wcs" not in vars(travelled)
+    assert "wcs" not in vars(again)
+    assert vars(again)["_pickled_wcs"] == vars(travelled)["_pickled_wcs"]
+    np.testing.assert_array_equal(_pixel_positions(again), _pixel_positions(member))
+    assert "wcs" in vars(again)
+
+    other = make_models(n_exposures=2, n_detectors=1, detector_shape=(40, 50), seed=9)[0][1]
+    again.wcs = other.meta.wcs
+    moved = pickle.loads(pickle.dumps(again))
+    expected = np.array(other.meta.wcs(np.array([3.0, 41.5]), np.array([7.0, 22.25])))
+    np.testing.assert_array_equal(_pixel_positions(moved), expected)
+    assert not np.array_equal(expected, _pixel_positions(member))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_field'"):
+        _ = moved.not_a_field
+
+
+def test_a_plan_of_members_from_readers_rebuilds_one_wcs_and_equals_the_plan_here(
+    many_cal_files,
+):
+    """The readers send each member's sky samples: the plan maps them onto the grid and
+    rebuilds only the first member's WCS (for the grid's pixel scale), with the pixel maps,
+    regions and blocks of a plan that evaluates every WCS itself."""
+    from outlier_dask.engine.plan import make_plan
+    from outlier_dask.parameters import OutlierParameters
+    from outlier_dask.runtime.reading import reading_map
+
+    params = OutlierParameters(n_workers=2)
+    with reading_map(params, len(many_cal_files)) as mapper:
+        in_workers = members_from_files(many_cal_files, mapper)
+    plan = make_plan(in_workers, "p", params)
+    assert ["wcs" in vars(m) for m in in_workers] == [True] + [False] * (len(in_workers) - 1)
+    here = members_from_files(many_cal_files)
+    for member in here:
+        member.sky_samples = None  # every pixel map from the WCS
+    reference = make_plan(here, "p", params)
+    assert [pm.method for pm in plan.pixel_maps] == ["spline"] * len(in_workers)
+    for a, b in zip(plan.pixel_maps, reference.pixel_maps, strict=True):
+        assert (a.valid_range, a.max_error_px) == (b.valid_range, b.max_error_px)
+        np.testing.assert_array_equal(a.spline.coefficients, b.spline.coefficients)
+        np.testing.assert_array_equal(a.evaluate((0, 32), (0, 36)), b.evaluate((0, 32), (0, 36)))
+    assert plan.grid_shape == reference.grid_shape
+    assert [g.region for g in plan.groups] == [g.region for g in reference.groups]
+    assert plan.blocks == reference.blocks
 
 
 def test_a_bad_member_read_in_a_worker_is_named(many_cal_files, tmp_path):
