@@ -91,4 +91,10 @@ def report_interrupt(interrupt: KeyboardInterrupt) -> int:
     # runtime/signals.py raises it with the signal's name; a bare one is Ctrl-C.
     name = str(interrupt) or "SIGINT"
     print(f"outlier-dask: interrupted ({name})", file=sys.stderr)
+    # CPython marks an interrupt that ended code run from a string (``exec`` or ``eval`` of
+    # source, as dataclasses and namedtuple run while modules define their classes) as never
+    # handled, even once caught, and under ``python -m`` then ends the process by SIGINT
+    # instead of with the status returned (-2 to a parent, for a SIGTERM too). Each such
+    # evaluation clears the mark when it starts; this one comes after the interrupt.
+    exec("")  # noqa: S102 - an empty string, run for the side effect above
     return EXIT_SIGNAL_BASE + int(getattr(signal, name, signal.SIGINT))
