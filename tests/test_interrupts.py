@@ -326,8 +326,7 @@ def test_python_m_ends_with_the_signal_s_status_after_an_interrupt_in_code_run_f
     """``python -m outlier_dask``, interrupted while code run from a string (``exec``, as
     dataclasses run it while modules load) is running: status 143, not death by SIGINT.
     CPython marks that interrupt as unhandled even once the command caught it, and ended the
-    process by SIGINT (-2) instead of with 143 (a soak of `benchmarks/interrupt_soak.py` found
-    it in 3 of 110 runs)."""
+    process by SIGINT (-2) instead of with 143 (found by ``benchmarks/interrupt_soak.py``)."""
     path = python_path_with_hook(tmp_path / "hooks", SIGNAL_MET_HOOK)
     env = {"PYTHONPATH": path, "OD_TEST_SIGNAL_MET": f"{where}:in-exec"}
     run = _Run(association, tmp_path, [], env, as_module=True)
