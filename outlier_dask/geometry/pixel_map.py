@@ -71,8 +71,9 @@ def _exact_positions(
 
 
 def _sky_values(wcs_in: gwcs.WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """World values (degrees on the sky) of input pixel positions; NaN outside its bounding
-    box. The first half of :func:`_exact_positions`, which needs no output grid."""
+    """World values of input pixel positions (degrees, for the sky frames of imaging data);
+    NaN outside its bounding box. The first half of :func:`_exact_positions`, which needs no
+    output grid."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
         return tuple(np.asarray(v, dtype=np.float64) for v in wcs_in.pixel_to_world_values(x, y))
@@ -285,8 +286,18 @@ def _grid_positions(
     wcs_in: gwcs.WCS, wcs_out: gwcs.WCS, ys: np.ndarray, xs: np.ndarray
 ) -> np.ndarray:
     """Exact output (x, y) at every (row, column) of a grid: shape (len(ys), len(xs), 2)."""
+    return _positions_of_sky(wcs_out, _sky_on_grid(wcs_in, ys, xs))
+
+
+def _sky_on_grid(wcs_in: gwcs.WCS, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """World values at every (row, column) of a grid, each shape (len(ys), len(xs))."""
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
-    return np.stack(_exact_positions(wcs_in, wcs_out, gx, gy), axis=-1)
+    return _sky_values(wcs_in, gx, gy)
+
+
+def _positions_of_sky(wcs_out: gwcs.WCS, world: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Output (x, y) of world values on a grid: shape (*world[0].shape, 2)."""
+    return np.stack(_grid_pixels(wcs_out, world), axis=-1)
 
 
 def _splines_through(
@@ -333,8 +344,8 @@ class SkySamples:
     valid_range : (int, int, int, int)
         ``(xmin, xmax, ymin, ymax)`` of :func:`valid_pixel_range`.
     world : tuple of ndarray, each shape (2 nr - 1, 2 nc - 1), float64
-        World values (degrees) at every check row and column: the nodes of ``nr`` rows and
-        ``nc`` columns and the midpoints between them; NaN outside the bounding box.
+        World values (degrees on the sky) at every check row and column: the nodes of ``nr``
+        rows and ``nc`` columns and the midpoints between them; NaN outside the bounding box.
     """
 
     valid_range: tuple[int, int, int, int]
@@ -348,8 +359,7 @@ def sky_samples(wcs_in: gwcs.WCS, shape: tuple[int, int]) -> SkySamples | None:
     if _too_small_for_a_spline(valid):
         return None
     _, _, check_ys, check_xs = _spline_axes(valid, COARSE_STEPS_PX[0])
-    gy, gx = np.meshgrid(check_ys, check_xs, indexing="ij")
-    return SkySamples(valid, _sky_values(wcs_in, gx, gy))
+    return SkySamples(valid, _sky_on_grid(wcs_in, check_ys, check_xs))
 
 
 def checked_spline_from_samples(
@@ -369,7 +379,7 @@ def checked_spline_from_samples(
     if samples is None or not _checked_spline_wanted(tolerance_px, stepsize):
         return None
     ys, xs, check_ys, check_xs = _spline_axes(samples.valid_range, COARSE_STEPS_PX[0])
-    exact_positions = np.stack(_grid_pixels(wcs_out, samples.world), axis=-1)
+    exact_positions = _positions_of_sky(wcs_out, samples.world)
     return _checked_spline(
         shape, samples.valid_range, ys, xs, check_ys, check_xs, exact_positions, tolerance_px
     )
