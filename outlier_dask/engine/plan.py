@@ -130,17 +130,14 @@ def _groups_in_order(members: list[Member]) -> dict[str, list[int]]:
     return groups
 
 
-def _mapped_window(
-    pixel_map: PixelMap, window: Window, grid_shape: tuple[int, int], margin: int
-) -> Window | None:
-    """The rectangle of the grid an input window maps into, plus ``margin`` pixels, clipped
-    to the grid (None if it maps nowhere on it)."""
-    return _clipped(_mapped_bounds(pixel_map, window, margin), grid_shape)
+Bounds = tuple[float, float, float, float]
+"""``(xmin, xmax, ymin, ymax)`` output positions of a window's border
+(:meth:`~outlier_dask.geometry.pixel_map.PixelMap.border_bounds`)."""
 
 
-def _mapped_bounds(pixel_map: PixelMap, window: Window, margin: int) -> Window | None:
-    """The rectangle an input window maps into, plus ``margin`` pixels, not clipped."""
-    bounds = pixel_map.border_bounds(*window)
+def _outset(bounds: Bounds | None, margin: int) -> Window | None:
+    """The rectangle of whole grid pixels holding ``bounds``, plus ``margin`` pixels, not
+    clipped (None if the window maps nowhere)."""
     if bounds is None:
         return None
     xmin, xmax, ymin, ymax = bounds
@@ -168,8 +165,12 @@ def _blocks_of(
     grid_shape: tuple[int, int],
     block_size: int,
     halo: int,
+    frame_bounds: Bounds | None = None,
 ) -> list[BlockPlan]:
+    """The blocks of one member; ``frame_bounds`` are its whole frame's border bounds, which
+    a block covering the frame reuses (a survey's frames are often one block each)."""
     ny, nx = member.shape
+    frame = ((0, ny), (0, nx))
     blocks = []
     for r0, r1 in tile_ranges(ny, block_size):
         for c0, c1 in tile_ranges(nx, block_size):
@@ -180,7 +181,8 @@ def _blocks_of(
             if pixel_map is None:
                 cutout: Window | None = outer
             else:
-                cutout = _mapped_window(pixel_map, outer, grid_shape, CUTOUT_MARGIN_PX)
+                bounds = frame_bounds if outer == frame else pixel_map.border_bounds(*outer)
+                cutout = _clipped(_outset(bounds, CUTOUT_MARGIN_PX), grid_shape)
             blocks.append(BlockPlan(member.index, ((r0, r1), (c0, c1)), outer, cutout))
     return blocks
 
@@ -208,12 +210,15 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
     pixel_maps = [_pixel_map(m, mapping_grid, params) for m in members]
     for m, pm in zip(members, pixel_maps, strict=True):
         log.debug("%s: pixel map by %s, max error %.2g px", m.name, pm.method, pm.max_error_px)
+    frame_bounds = [
+        pm.border_bounds((0, m.shape[0]), (0, m.shape[1]))
+        for m, pm in zip(members, pixel_maps, strict=True)
+    ]
     groups = []
     for group_id, indices in _groups_in_order(members).items():
         regions, inside = [], []
         for i in indices:
-            ny, nx = members[i].shape
-            outline = _mapped_bounds(pixel_maps[i], ((0, ny), (0, nx)), REGION_MARGIN_PX)
+            outline = _outset(frame_bounds[i], REGION_MARGIN_PX)
             # With the margin inside the grid, drizzle clips nothing of the member's outline.
             inside.append(
                 outline is not None and contains(((0, grid_shape[0]), (0, grid_shape[1])), outline)
@@ -226,7 +231,9 @@ def make_plan(members: list[Member], product_name: str, params: OutlierParameter
     blocks = [
         b
         for m in members
-        for b in _blocks_of(m, pixel_maps[m.index], grid_shape, params.block_size, halo)
+        for b in _blocks_of(
+            m, pixel_maps[m.index], grid_shape, params.block_size, halo, frame_bounds[m.index]
+        )
     ]
     return Plan(members, product_name, grid, grid_shape, pixel_maps, groups, tile, blocks)
 

@@ -17,7 +17,7 @@ from outlier_dask.engine.tasks import (
     MemberTaskInfo,
     blot_and_flag_block,
 )
-from outlier_dask.geometry.windows import tile_ranges
+from outlier_dask.geometry.windows import contains, tile_ranges
 from outlier_dask.io.members import members_from_models
 from outlier_dask.parameters import OutlierParameters
 from outlier_dask.synthetic import make_models
@@ -112,6 +112,25 @@ def test_robust_masks_do_not_depend_on_tiles_blocks_or_kind(
     for want, got in zip(expected.masks, result.masks, strict=True):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(result.median, expected.median)
+
+
+@pytest.mark.parametrize("block_size", [4096, 80, 23])
+def test_a_blocks_cutout_is_its_own_borders_image_plus_the_margin(models, block_size):
+    """Whole-frame blocks reuse the bounds the plan computed for the group regions; the
+    cut-outs are still each block's own: its border's mapped extremes, 2 pixels out, clipped."""
+    params = OutlierParameters(block_size=block_size)
+    plan = make_plan(members_from_models(models), "test", params)
+    gy, gx = plan.grid_shape
+    assert len(plan.blocks) > (len(plan.members) if block_size < 72 else 0)
+    for block in plan.blocks:
+        xmin, xmax, ymin, ymax = plan.pixel_maps[block.member].border_bounds(*block.outer)
+        want = (
+            (max(0, int(np.floor(ymin)) - 2), min(gy, int(np.ceil(ymax)) + 3)),
+            (max(0, int(np.floor(xmin)) - 2), min(gx, int(np.ceil(xmax)) + 3)),
+        )
+        assert block.cutout == want
+    region_of = {i: group.region for group in plan.groups for i in group.members}
+    assert all(contains(region_of[b.member], b.cutout) for b in plan.blocks)
 
 
 @pytest.mark.parametrize("block_size", [1, 2])
