@@ -7,7 +7,10 @@ Three parts, each run in its own fresh process per configuration (``--parts``):
     4 detectors, 288 inputs by default); sub-associations of its first 16, 72, 144, 288
     members (whole pointings, pointing-major). Each is run with this engine's defaults, at
     ``--memory-limit 1GiB`` inside a cgroup of 1.25 GiB (a hard limit the kernel enforces),
-    and with jwst ``in_memory=False`` up to ``--jwst-max-inputs``. Reported: wall, CPU of the
+    and with jwst ``in_memory=False`` up to ``--jwst-max-inputs``. This engine's runs are
+    made ``--repeat`` times in rounds over the sizes (jwst once): medians and ranges of the
+    wall, the largest memory and scratch, and a line through the median walls that splits
+    them into a fixed part and a cost per input. Reported: wall, CPU of the
     process tree, peak RSS of the tree (sampled), the cgroup's peak (page cache included),
     scratch bytes written (bytes the tree wrote, minus the products), the largest size the
     work folder reached, time per input and the plan stage.
@@ -303,7 +306,12 @@ def scheduler_task_count(address: str) -> int:
 
 
 def run_series(args: argparse.Namespace, root: Path) -> list[dict]:
-    """The scaling series: each size with defaults, at a hard-limited budget, and jwst."""
+    """The scaling series: each size with defaults, at a hard-limited budget, and jwst.
+
+    This engine's two configurations run ``args.repeat`` times, in rounds over all sizes (so
+    that a slow spell of the shared machine falls on every size, not on one); jwst runs once
+    per size, in the first round. A repeat's masks are compared with the first run's.
+    """
     rows, cols = args.series_grid
     full = make_mosaic(
         root / "series-data",
@@ -314,32 +322,75 @@ def run_series(args: argparse.Namespace, root: Path) -> list[dict]:
         detector_shape=(args.series_detector, args.series_detector),
     )
     limit = _parse_size(args.memory_limit)
-    results = []
-    for n in sorted(args.series_inputs):
-        asn = sub_association(full, n)
-        entry: dict[str, Any] = {"inputs": n}
-        jwst = None
-        if n <= args.jwst_max_inputs:
-            jwst = measure("jwst", asn, root, [], timeout=args.timeout, label=f"jwst{n}")
-            entry["jwst"] = jwst
-        reference = jwst.get("masks") if jwst else None
-        entry["ours"] = measure(
-            "ours", asn, root, [], timeout=args.timeout, reference=reference, label=f"od{n}"
-        )
-        entry["budget"] = measure(
-            "ours",
-            asn,
-            root,
-            ["--memory-limit", args.memory_limit],
-            timeout=args.timeout,
-            hard_limit=int(HARD_LIMIT_FACTOR * limit) if args.hard_limit else None,
-            reference=reference,
-            label=f"od{n}-budget",
-        )
-        results.append(entry)
+    sizes = sorted(args.series_inputs)
+    asns = {n: sub_association(full, n) for n in sizes}
+    runs: dict[int, dict[str, Any]] = {n: {"ours": [], "budget": []} for n in sizes}
+    for round_ in range(args.repeat):
+        for n in sizes:
+            asn, entry = asns[n], runs[n]
+            if round_ == 0 and n <= args.jwst_max_inputs:
+                entry["jwst"] = measure(
+                    "jwst", asn, root, [], timeout=args.timeout, label=f"jwst{n}"
+                )
+            first = entry["ours"][0] if entry["ours"] else None
+            reference = entry["jwst"].get("masks") if entry.get("jwst") else None
+            if first is not None and "masks" in first:
+                reference = first["masks"]
+            entry["ours"].append(
+                measure(
+                    "ours", asn, root, [], timeout=args.timeout, reference=reference, label=f"od{n}"
+                )
+            )
+            entry["budget"].append(
+                measure(
+                    "ours",
+                    asn,
+                    root,
+                    ["--memory-limit", args.memory_limit],
+                    timeout=args.timeout,
+                    hard_limit=int(HARD_LIMIT_FACTOR * limit) if args.hard_limit else None,
+                    reference=reference,
+                    label=f"od{n}-budget",
+                )
+            )
+            for run in (*entry["ours"][1:], *entry["budget"]):
+                run.pop("masks", None)  # the first run's are the reference; hundreds of MB each
     if not args.keep:
         shutil.rmtree(root / "series-data", ignore_errors=True)
+    results = []
+    for n in sizes:
+        entry = {
+            "inputs": n,
+            "ours": summarise(runs[n]["ours"]),
+            "budget": summarise(runs[n]["budget"]),
+        }
+        if "jwst" in runs[n]:
+            entry["jwst"] = runs[n]["jwst"]
+        results.append(entry)
     return results
+
+
+def summarise(runs: list[dict]) -> dict[str, Any]:
+    """Repeats of one configuration as one run: the median-wall run's figures, with the walls
+    of all (``walls``); memory, scratch and the cgroup's peak are the largest of any repeat,
+    the mask agreement the lowest, and the status the first failure's.
+    """
+    ordered = sorted(runs, key=lambda run: run["wall_s"])
+    summary = dict(ordered[len(ordered) // 2])
+    summary["walls"] = [run["wall_s"] for run in runs]
+    for key in ("peak_rss", "client_peak_rss", "scratch_written", "work_dir_peak", "cgroup_peak"):
+        values = [run[key] for run in runs if run.get(key) is not None]
+        if values:
+            summary[key] = max(values)
+    summary["oom_kills"] = sum(run.get("oom_kills", 0) or 0 for run in runs)
+    agreements = [run["jaccard"] for run in runs if "jaccard" in run]
+    if agreements:
+        summary["jaccard"] = min(agreements)
+    failed = [run for run in runs if run["status"] != 0]
+    if failed:
+        summary.update(status=failed[0]["status"], log_tail=failed[0].get("log_tail"))
+    summary["masks"] = runs[0].get("masks")
+    return summary
 
 
 def run_mosaic(args: argparse.Namespace, root: Path, out: dict[str, Any]) -> None:
@@ -424,7 +475,46 @@ def _jaccard(run: dict) -> str:
 
 
 def _seconds(run: dict | None) -> str:
-    return "-" if not run or run["status"] != 0 else f"{run['wall_s']:.0f}"
+    """The wall in seconds; for repeats the median, then the range over them."""
+    if not run or run["status"] != 0:
+        return "-"
+    walls = run.get("walls", [run["wall_s"]])
+    if len(walls) == 1:
+        return f"{run['wall_s']:.0f}"
+    return f"{run['wall_s']:.0f} ({min(walls):.0f}-{max(walls):.0f})"
+
+
+def _per_input_range(run: dict, n: int) -> str:
+    if run["status"] != 0:
+        return "-"
+    walls = run.get("walls", [run["wall_s"]])
+    text = f"{run['wall_s'] / n:.3f}"
+    return text if len(walls) == 1 else f"{text} ({min(walls) / n:.3f}-{max(walls) / n:.3f})"
+
+
+def series_scaling(series: list[dict], key: str) -> str:
+    """One sentence on how ``key``'s median wall grows with the inputs.
+
+    The spread of the time per input (largest over smallest, the issue's flatness), and a
+    least-squares line ``wall = fixed + slope x inputs`` through the medians: ``fixed`` is
+    what every run pays whatever its size (start-up, imports), ``slope`` the cost per input.
+    """
+    points = [(e["inputs"], e[key]["wall_s"]) for e in series if e[key]["status"] == 0]
+    if len(points) < 2:
+        return ""
+    per_input = [wall / n for n, wall in points]
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_wall = sum(wall for _, wall in points) / len(points)
+    slope = sum((n - mean_n) * (wall - mean_wall) for n, wall in points) / sum(
+        (n - mean_n) ** 2 for n, _ in points
+    )
+    fixed = mean_wall - slope * mean_n
+    residual = max(abs(wall - fixed - slope * n) / wall for n, wall in points)
+    return (
+        f"time per input (median walls) from {min(per_input):.3f} to {max(per_input):.3f} s, "
+        f"a spread of {max(per_input) / min(per_input):.2f}x; the line through the medians: "
+        f"{fixed:.1f} s fixed + {slope:.3f} s per input (largest residual {residual:.0%})"
+    )
 
 
 def series_table(series: list[dict], budget: str) -> str:
@@ -441,7 +531,7 @@ def series_table(series: list[dict], budget: str) -> str:
         ours, budget_run, jwst = entry["ours"], entry["budget"], entry.get("jwst")
         n = entry["inputs"]
         ok = ours["status"] == 0
-        per_input = f"{ours['wall_s'] / n:.2f}" if ok else "-"
+        per_input = _per_input_range(ours, n)
         ratio = (
             f"{jwst['wall_s'] / ours['wall_s']:.1f}x"
             if jwst and jwst["status"] == 0 and ok
@@ -454,7 +544,7 @@ def series_table(series: list[dict], budget: str) -> str:
         if budget_run.get("oom_kills"):
             cgroup += f", {budget_run['oom_kills']} killed"
         budget_ok = budget_run["status"] == 0
-        budget_per_input = f"{budget_run['wall_s'] / n:.2f}" if budget_ok else "-"
+        budget_per_input = _per_input_range(budget_run, n)
         lines.append(
             f"| {n} | {_seconds(ours)} | {per_input} | {_plan(ours)} "
             f"| {ours['cpu_s']:.0f} | {_gib(ours['peak_rss']) if ok else 'failed'} "
@@ -548,9 +638,16 @@ def report_sections(args: argparse.Namespace, results: dict) -> dict[str, str]:
                 "detectors. Peak RSS: summed over the process tree, sampled every 0.2 s. "
                 "cgroup peak: the kernel's count for the hard-limited run (limit "
                 f"{HARD_LIMIT_FACTOR} x the budget; page cache included). Scratch written: "
-                "bytes the run's processes wrote to files, less the products.",
+                "bytes the run's processes wrote to files, less the products. This engine's "
+                f"runs: {args.repeat} of each, in rounds over the sizes; walls are the median "
+                "(range); memory, scratch and the cgroup's peak the largest of the repeats; "
+                "Jaccard the lowest (the first run against jwst, the others against the "
+                "first). jwst: one run per size.",
                 "",
                 series_table(results["series"], args.memory_limit),
+                "",
+                f"Defaults: {series_scaling(results['series'], 'ours')}.  ",
+                f"{args.memory_limit}: {series_scaling(results['series'], 'budget')}.",
                 "",
                 f"![wall time and peak memory against inputs](_static/{FIGURE.name})",
             ]
@@ -609,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
         "--jwst-in-memory", action="store_true", help="mosaic: jwst in_memory=True too"
     )
     parser.add_argument("--memory-limit", default="1GiB", help="the budgeted series run")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="series: runs of each configuration of this engine"
+    )
     parser.add_argument(
         "--no-hard-limit",
         dest="hard_limit",
