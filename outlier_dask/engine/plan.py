@@ -165,10 +165,11 @@ def _blocks_of(
     grid_shape: tuple[int, int],
     block_size: int,
     halo: int,
-    frame_bounds: Bounds | None = None,
+    frame_bounds: Bounds | None,
 ) -> list[BlockPlan]:
-    """The blocks of one member; ``frame_bounds`` are its whole frame's border bounds, which
-    a block covering the frame reuses (a survey's frames are often one block each)."""
+    """The blocks of one member; ``frame_bounds`` are its whole frame's border bounds (None:
+    it maps nowhere, or there is no pixel map), which a block covering the frame reuses (a
+    survey's frames are often one block each)."""
     ny, nx = member.shape
     frame = ((0, ny), (0, nx))
     blocks = []
@@ -270,5 +271,5 @@ def _plan_without_resampling(
     shape = members[0].shape
     full = ((0, shape[0]), (0, shape[1]))
     groups = [GroupPlan(m.name, (m.index,), full) for m in members]
-    blocks = [b for m in members for b in _blocks_of(m, None, shape, params.block_size, 0)]
+    blocks = [b for m in members for b in _blocks_of(m, None, shape, params.block_size, 0, None)]
     return Plan(members, product_name, None, shape, None, groups, tile, blocks)
