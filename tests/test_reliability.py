@@ -409,6 +409,18 @@ def test_rerun_from_the_command_line_after_an_interrupt(association, tmp_path, r
 # --------------------------------------------------------------------------- signal handler
 
 
+@pytest.fixture
+def sigint_as_python_sets_it():
+    """SIGINT with Python's own handler for the test, then as it was.
+
+    A shell starts a background job with SIGINT ignored, and the handlers leave an ignored
+    signal ignored (as under ``nohup``): a suite launched that way would see no SIGINT.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupted_then_signalled_again() -> None:
     with interrupted_by_signals():
         try:
@@ -453,6 +465,7 @@ def test_a_signal_during_a_held_step_is_raised_when_the_step_is_done():
     assert steps[-1] == "a later step"
 
 
+@pytest.mark.usefixtures("sigint_as_python_sets_it")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("kept", [True, False], ids=["kept", "python-drops-it"])
 def test_an_interrupt_raised_inside_a_weakref_callback_is_raised_again(kept):
@@ -514,6 +527,7 @@ def test_an_interrupt_a_library_swallowed_is_raised_again_at_the_next_step():
         stop_if_interrupted()
 
 
+@pytest.mark.usefixtures("sigint_as_python_sets_it")
 def test_a_held_step_that_fails_after_a_signal_raises_the_interrupt_from_its_error():
     """A signal came first: the run stops as interrupted, the step's error kept as the cause;
     without a signal the error goes on as it is."""
