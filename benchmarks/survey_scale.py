@@ -41,6 +41,7 @@ import re
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -474,22 +475,23 @@ def _jaccard(run: dict) -> str:
     return f"{run['jaccard']:.6f}" if "jaccard" in run else "-"
 
 
-def _seconds(run: dict | None) -> str:
-    """The wall in seconds; for repeats the median, then the range over them."""
+def _walls(run: dict | None, per: int = 1, digits: int = 0) -> str:
+    """The wall in seconds divided by ``per``; for repeats the median, then their range."""
     if not run or run["status"] != 0:
         return "-"
     walls = run.get("walls", [run["wall_s"]])
+    text = f"{run['wall_s'] / per:.{digits}f}"
     if len(walls) == 1:
-        return f"{run['wall_s']:.0f}"
-    return f"{run['wall_s']:.0f} ({min(walls):.0f}-{max(walls):.0f})"
+        return text
+    return f"{text} ({min(walls) / per:.{digits}f}-{max(walls) / per:.{digits}f})"
 
 
-def _per_input_range(run: dict, n: int) -> str:
-    if run["status"] != 0:
-        return "-"
-    walls = run.get("walls", [run["wall_s"]])
-    text = f"{run['wall_s'] / n:.3f}"
-    return text if len(walls) == 1 else f"{text} ({min(walls) / n:.3f}-{max(walls) / n:.3f})"
+def _seconds(run: dict | None) -> str:
+    return _walls(run)
+
+
+def _per_input(run: dict, n: int) -> str:
+    return _walls(run, per=n, digits=3)
 
 
 def series_scaling(series: list[dict], key: str) -> str:
@@ -503,12 +505,7 @@ def series_scaling(series: list[dict], key: str) -> str:
     if len(points) < 2:
         return ""
     per_input = [wall / n for n, wall in points]
-    mean_n = sum(n for n, _ in points) / len(points)
-    mean_wall = sum(wall for _, wall in points) / len(points)
-    slope = sum((n - mean_n) * (wall - mean_wall) for n, wall in points) / sum(
-        (n - mean_n) ** 2 for n, _ in points
-    )
-    fixed = mean_wall - slope * mean_n
+    slope, fixed = statistics.linear_regression(*zip(*points, strict=True))
     residual = max(abs(wall - fixed - slope * n) / wall for n, wall in points)
     return (
         f"time per input (median walls) from {min(per_input):.3f} to {max(per_input):.3f} s, "
@@ -531,7 +528,7 @@ def series_table(series: list[dict], budget: str) -> str:
         ours, budget_run, jwst = entry["ours"], entry["budget"], entry.get("jwst")
         n = entry["inputs"]
         ok = ours["status"] == 0
-        per_input = _per_input_range(ours, n)
+        per_input = _per_input(ours, n)
         ratio = (
             f"{jwst['wall_s'] / ours['wall_s']:.1f}x"
             if jwst and jwst["status"] == 0 and ok
@@ -544,7 +541,7 @@ def series_table(series: list[dict], budget: str) -> str:
         if budget_run.get("oom_kills"):
             cgroup += f", {budget_run['oom_kills']} killed"
         budget_ok = budget_run["status"] == 0
-        budget_per_input = _per_input_range(budget_run, n)
+        budget_per_input = _per_input(budget_run, n)
         lines.append(
             f"| {n} | {_seconds(ours)} | {per_input} | {_plan(ours)} "
             f"| {ours['cpu_s']:.0f} | {_gib(ours['peak_rss']) if ok else 'failed'} "
