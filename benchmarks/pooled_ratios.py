@@ -42,6 +42,13 @@ class Invocation:
     a: tuple[float, ...]
     b: tuple[float, ...]
 
+    def __post_init__(self) -> None:
+        if not self.a or len(self.a) != len(self.b):
+            raise SystemExit(
+                f"invocation {self.label}: {len(self.a)} A walls and {len(self.b)} B walls; "
+                "the runs alternate, so there must be as many of each (at least one)"
+            )
+
     @property
     def ratio(self) -> float:
         """B's median wall over A's."""
@@ -97,15 +104,17 @@ def main() -> None:
     invocations = []
     if args.table is not None:
         first, _, last = args.rows.partition("-")
-        rows = invocations_from_table(args.table.read_text(), int(first), int(last or first))
-        invocations += rows
+        invocations += invocations_from_table(
+            args.table.read_text(), int(first), int(last or first)
+        )
     invocations += [invocation_from_output(path) for path in args.outputs]
     if not invocations:
         raise SystemExit("no invocations: give --table (and --rows) or compare_revisions output")
     for inv in invocations:
         print(f"{inv.label}: {len(inv.a)} pairs, median B / A {inv.ratio:.3f}")
-    pairs = [b / a for inv in invocations for a, b in zip(inv.a, inv.b, strict=False)]
+    pairs = [b / a for inv in invocations for a, b in zip(inv.a, inv.b, strict=True)]
     low, high = resampled_mean_ratio(invocations, args.draws)
+    # Judged on the ratio as the table prints it (two decimals).
     met = sum(round(inv.ratio, 2) <= args.target for inv in invocations)
     print(
         f"{len(invocations)} invocations, {len(pairs)} pairs: mean B / A per pair "
