@@ -12,6 +12,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import dask
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -143,9 +144,10 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture
-def cluster():
-    """A two-worker LocalCluster's client."""
+def cluster(tmp_path):
+    """A two-worker LocalCluster's client, its workers' folders in the test's own."""
     with (
+        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
         distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
