@@ -40,12 +40,15 @@ def _start_cluster(n_workers: int, folder: Path) -> tuple[str, list[subprocess.P
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     log = open(folder / "cluster.log", "w")  # noqa: SIM115 - kept open for the processes
+    # The scheduler's and nannies' own folders in ``folder`` too, not in /tmp.
+    env = dict(os.environ, DASK_TEMPORARY_DIRECTORY=str(folder))
     processes = [
         subprocess.Popen(
             ["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
             + ["--dashboard-address", ":0"],
             stdout=log,
             stderr=log,
+            env=env,
         )
     ]
     time.sleep(3)
@@ -56,6 +59,7 @@ def _start_cluster(n_workers: int, folder: Path) -> tuple[str, list[subprocess.P
                 + ["--local-directory", str(folder), "--no-dashboard"],
                 stdout=log,
                 stderr=log,
+                env=env,
             )
         )
     time.sleep(6)
