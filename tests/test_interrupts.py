@@ -474,9 +474,7 @@ def slow_cluster(tmp_path):
     announce themselves in the returned log and sleep. Yields ``(address, log)``."""
     distributed = pytest.importorskip("distributed")
     path = python_path_with_hook(tmp_path / "cluster_hooks", SLOW_DRIZZLE_HOOK)
-    # DASK_TEMPORARY_DIRECTORY: the scheduler's and nannies' folders in the test's own.
     env = {**os.environ, "PYTHONPATH": path, "OD_TEST_SLOW_DRIZZLE": "1"}
-    env["DASK_TEMPORARY_DIRECTORY"] = str(tmp_path / "dask")
     address = f"tcp://127.0.0.1:{_free_port()}"
     log = tmp_path / "cluster.log"
     dask_command = str(Path(sys.executable).with_name("dask"))

@@ -153,10 +153,9 @@ def test_progress_off_installs_nothing(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_distributed_cluster_shows_dashboard_and_counts_keys(tmp_path):
+def test_distributed_cluster_shows_dashboard_and_counts_keys():
     distributed = pytest.importorskip("distributed")
     with (
-        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
         ) as cluster,

@@ -10,7 +10,6 @@ import subprocess
 from contextlib import redirect_stderr
 from pathlib import Path
 
-import dask
 import pytest
 from stdatamodels.jwst import datamodels
 
@@ -165,7 +164,7 @@ def certificates(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tls_cluster(certificates, tmp_path_factory):
+def tls_cluster(certificates):
     """A scheduler and a worker that speak TLS only and require client certificates."""
     from distributed import LocalCluster, Security
 
@@ -180,18 +179,13 @@ def tls_cluster(certificates, tmp_path_factory):
         tls_client_key=node["key"],
         require_encryption=True,
     )
-    # distributed's folders in the test session's, not the machine's temporary folder.
-    temporary = str(tmp_path_factory.mktemp("dask"))
-    with (
-        dask.config.set({"temporary-directory": temporary}),
-        LocalCluster(
-            n_workers=1,
-            processes=False,
-            security=security,
-            protocol="tls://",
-            dashboard_address=":0",
-        ) as cluster,
-    ):
+    with LocalCluster(
+        n_workers=1,
+        processes=False,
+        security=security,
+        protocol="tls://",
+        dashboard_address=":0",
+    ) as cluster:
         yield cluster
 
 

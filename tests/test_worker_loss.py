@@ -12,7 +12,6 @@ import threading
 import time
 from types import SimpleNamespace
 
-import dask
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -144,10 +143,9 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    """A two-worker LocalCluster's client, its workers' folders in the test's own."""
+def cluster():
+    """A two-worker LocalCluster's client."""
     with (
-        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
         distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,

@@ -7,7 +7,6 @@ import signal
 import threading
 import time
 
-import dask
 import numpy as np
 import pytest
 from stdatamodels.jwst import datamodels
@@ -54,10 +53,8 @@ def _assert_same(flags, reference):
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    """A two-worker LocalCluster's client; distributed's folders in the test's own."""
+def cluster():
     with (
-        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
         distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
