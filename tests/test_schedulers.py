@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
 import pytest
 
+from outlier_dask.runtime.schedulers import started_process_pool
 from outlier_dask.synthetic import write_association
 
 _RUN_AND_LIST_MODULES = """
@@ -44,3 +46,35 @@ def test_local_schedulers_do_not_import_what_they_do_not_use(association, tmp_pa
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _full_collections_while_keeping(n: int) -> int:
+    """In a pool worker: the full collections run while it makes ``n`` containers it keeps."""
+    before = gc.get_stats()[2]["collections"]
+    kept = [{} for _ in range(n)]
+    after = gc.get_stats()[2]["collections"]
+    del kept
+    return after - before
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_pool_workers_do_not_collect_what_they_inherit(enabled):
+    """Objects made before the pool forks (as a run makes the members' metadata) are settled
+    by one collection in this process, not by a full collection in every worker, which would
+    copy every page of the heap it inherited; a caller's switched-off collector stays off."""
+    gc.collect()
+    gc.disable()  # the objects below stay waiting for a full collection until the pool starts
+    inherited = [[] for _ in range(400_000)]
+    if enabled:
+        gc.enable()
+    try:
+        collections = gc.get_stats()[2]["collections"]
+        with started_process_pool(1) as pool:
+            in_worker = pool.executor.submit(_full_collections_while_keeping, 100_000).result()
+        in_this_process = gc.get_stats()[2]["collections"] - collections
+        assert in_worker == 0
+        assert gc.isenabled() == enabled
+        assert in_this_process == (1 if enabled else 0)
+    finally:
+        gc.enable()
+        del inherited

@@ -20,7 +20,9 @@ a task's fresh arrays take fewer page faults (measured on the performance page).
   aside from the collector (:func:`gc.freeze`): the interpreter's exit otherwise traverses them
   all in its last collections (measured on the performance page). Nothing of the run is left
   to compute or write then; objects are still freed by their reference counts, and the exit
-  handlers run. During the run the collector is as Python sets it.
+  handlers run. During the run the collector is as Python sets it (the runtime runs one
+  collection before it forks workers, so that they do not each run it over what they inherit:
+  :mod:`outlier_dask.runtime.schedulers`).
 
 - **Ctrl-C and SIGTERM from the first moment.** The handlers of
   :mod:`outlier_dask.runtime.signals` are installed before anything heavy is imported and stay

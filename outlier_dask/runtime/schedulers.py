@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -269,6 +270,24 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
+def _collect_before_fork() -> None:
+    """One full collection in this process just before it forks workers (if the collector is on).
+
+    A forked worker shares this process's heap until it writes to a page. Python runs a full
+    collection once the objects moved to the oldest generation since the last one reach a
+    quarter of those that survived it, and the objects made since this process's last one
+    (asdf's extensions, the members' metadata) counted towards that in every worker: each ran
+    a full collection within its first task. A collection writes to the header of every
+    object it traverses, so each worker traversed the whole heap it inherited once more and
+    copied every page of it. Collected here, the inherited objects are settled, and a worker
+    collects them only after it has made a quarter as many long-lived objects of its own.
+    This is the collection each worker would have run, run once; no setting of the collector
+    changes, and a caller who switched the collector off gets none.
+    """
+    if gc.isenabled():
+        gc.collect()
+
+
 class WorkerPool:
     """The ``processes`` scheduler's pool of ``n`` forked workers, replaceable when one dies.
 
@@ -295,6 +314,7 @@ class WorkerPool:
         ``KeyboardInterrupt`` with a traceback of its own.
         """
         before = set(multiprocessing.active_children())
+        _collect_before_fork()
         self.executor = ProcessPoolExecutor(
             max_workers=self.n,
             mp_context=multiprocessing.get_context("fork"),
