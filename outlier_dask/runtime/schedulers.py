@@ -398,14 +398,26 @@ async def _close_nannies_killing_workers(nannies: list[Any]) -> None:
 
     A worker running a task (the compiled drizzle holds the GIL) does not answer its nanny's
     request to close, and the nanny waits 4 s before it kills the process. Each nanny is
-    closing (so it will not start a new worker) before its worker is killed here.
+    closing (so it will not start a new worker) before its worker is killed here. A nanny
+    whose worker died of the same signal may already be starting a new one (a SIGTERM to the
+    whole process group kills the workers before this process stops the cluster): that worker
+    is killed as soon as it has a process, until every nanny has closed. Told to close instead,
+    it would take up a task and cancel it, and log a warning for it.
     """
     closing = [asyncio.ensure_future(nanny.close()) for nanny in nannies]
     await asyncio.sleep(0)  # every close has begun: the nannies are in their closing state
-    for nanny in nannies:
-        with contextlib.suppress(TypeError, ProcessLookupError):  # pid None: no process
-            os.kill(nanny.pid, signal.SIGKILL)
+    while True:
+        for nanny in nannies:
+            with contextlib.suppress(TypeError, ProcessLookupError):  # pid None: no process
+                os.kill(nanny.pid, signal.SIGKILL)
+        done, _ = await asyncio.wait(closing, timeout=_NEW_WORKER_CHECK_S)
+        if len(done) == len(closing):
+            break
     await asyncio.gather(*closing, return_exceptions=True)
+
+
+#: Seconds between looks for a worker a closing nanny started (see above).
+_NEW_WORKER_CHECK_S = 0.02
 
 
 def _stop_cluster_now(cluster: Any, client: Any) -> None:
