@@ -3,12 +3,13 @@ with one line, the signal's exit status, and nothing left behind?
 
 The tests interrupt a run at chosen moments (``tests/test_interrupts.py``); this soak looks for
 the rare ones between them. Each run gets SIGINT (to its process group, as a terminal's Ctrl-C)
-or SIGTERM (to the command alone) after a delay drawn uniformly from ``--delays``, on a small
-synthetic association. A run passes when it ended with status 130 (SIGINT) or 143 (SIGTERM)
-and one line on stderr besides the run's own log records (or finished first, with status 0 and
-none), within ``--stop-timeout`` seconds, leaving no process of its session, no new
-``/dev/shm`` entry, no partial product and nothing in its work dir. Every other run is printed
-whole.
+or SIGTERM (to the command alone, or with ``--sigterm-to-group`` to its process group, as
+``kill -TERM -<pgid>`` and batch systems send it) after a delay drawn uniformly from
+``--delays``, on a small synthetic association. A run passes when it ended with status 130
+(SIGINT) or 143 (SIGTERM) and one line on stderr besides the run's own log records (or
+finished first, with status 0 and none), within ``--stop-timeout`` seconds, leaving no
+process of its session, no new ``/dev/shm`` entry, no partial product and nothing in its work
+dir. Every other run is printed whole.
 
     python benchmarks/interrupt_soak.py --runs 45 --signal SIGINT --scheduler local-cluster
 """
@@ -69,6 +70,8 @@ def soak_one(asn: Path, root: Path, signal_name: str, delay: float, args) -> lis
     try:
         if signal_name == "SIGINT":
             os.killpg(process.pid, signal.SIGINT)
+        elif args.sigterm_to_group:
+            os.killpg(process.pid, signal.SIGTERM)
         else:
             process.send_signal(signal.SIGTERM)
     except ProcessLookupError:
@@ -116,6 +119,11 @@ def main() -> int:
         default=(0.3, 7.0),
         metavar=("MIN", "MAX"),
         help="seconds from the start to the signal, drawn uniformly",
+    )
+    parser.add_argument(
+        "--sigterm-to-group",
+        action="store_true",
+        help="send SIGTERM to the run's process group (its workers too), not to the command",
     )
     parser.add_argument("--stop-timeout", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)

@@ -348,6 +348,11 @@ def detect_outliers(
     outputs = _check_outputs(members, params, asn_id, from_files)
     _check_before_work(members, asn_id, from_files, params, client, security)
     extras = _check_extras(product, params, from_files if report is None else report, plot)
+    # A report or figure written just before an interrupt would describe products that the
+    # clean-up removes: they go with them.
+    _run_cleanup.get().enter_context(
+        removed_on_failure([p for p in (extras.report, extras.plot) if p is not None])
+    )
     display = make_progress(progress)
     if len(members) < 2:
         log.warning(

@@ -132,6 +132,25 @@ def test_intermediate_names_of_a_list_of_files_have_no_association_id(associatio
     assert {f"{s}_blot.fits" for s in stems} <= names
 
 
+def test_an_interrupt_once_the_report_is_written_leaves_no_report(
+    association, tmp_path, monkeypatch
+):
+    """A run interrupted after it wrote its report (the last step) keeps nothing: its products
+    are removed, and so is the report that described them."""
+    import outlier_dask.api as api
+
+    def write_then_interrupt(report, path):
+        written = real_write_report(report, path)
+        assert written.exists()
+        raise KeyboardInterrupt("SIGTERM")
+
+    real_write_report = api.write_report
+    monkeypatch.setattr(api, "write_report", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        detect_outliers(association.asn_path, output_dir=tmp_path, scheduler="synchronous")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_products_are_refused_without_overwrite(association, tmp_path):
     detect_outliers(association.asn_path, output_dir=tmp_path, scheduler="synchronous")
     with pytest.raises(ValueError, match="exists; pass overwrite=True"):
