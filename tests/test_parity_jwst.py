@@ -1,8 +1,9 @@
 """Parity with the reference: jwst 3.0.0's OutlierDetectionStep and this engine, same inputs.
 
 Both run in this test session on the same synthetic association; the bar is identical OUTLIER
-masks (at most 0.01% of flagged pixels may differ, and the difference is printed) and identical
-NaN patterns in SCI.
+masks (at most 0.01% of flagged pixels may differ, and the difference is printed) and, where
+they are identical, the arrays the step writes (DQ with all its bits, SCI, ERR and the three
+variances) equal to the reference's bit for bit, NaN where it has NaN.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ CONFIGURATIONS = {
     "exptime": {"weight_type": "exptime"},
     "point": {"kernel": "point"},
     "pixfrac": {"pixfrac": 0.5},
+    "turbo": {"kernel": "turbo", "pixfrac": 0.8},
+    "thresholds": {"snr": "3.0 2.5", "scale": "0.8 0.5"},
+    "good_bits": {"good_bits": "~DO_NOT_USE+NON_SCIENCE", "maskpt": 0.5},
     "background_level": {},
     "fill_zero_without_mask": {"fillval": "0", "maskpt": 0.0},
     "fill_zero_without_mask_on_disk": {"fillval": "0", "maskpt": 0.0, "in_memory": False},
 }
 MAX_DIFFERING_FRACTION = 1e-4
+#: The arrays of a product the step changes (DQ) or may set to NaN (the others).
+PRODUCT_ARRAYS = ("dq", "data", "err", "var_rnoise", "var_poisson", "var_flat")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,12 @@ def association_with_background(tmp_path_factory):
     )
 
 
-def _reference_products(asn_path: Path, workdir: Path, params: dict) -> dict[str, tuple]:
-    """Run jwst's step; return {input name: (dq, sci)}."""
+def _product_arrays(model) -> dict[str, np.ndarray]:
+    return {name: getattr(model, name).copy() for name in PRODUCT_ARRAYS}
+
+
+def _reference_products(asn_path: Path, workdir: Path, params: dict) -> dict[str, dict]:
+    """Run jwst's step; return {input name: {array name: array}} (:data:`PRODUCT_ARRAYS`)."""
     from jwst.outlier_detection import OutlierDetectionStep
 
     # jwst's on-disk median writes its temporary folder in the current directory.
@@ -75,14 +85,14 @@ def _reference_products(asn_path: Path, workdir: Path, params: dict) -> dict[str
         with library:
             for index in range(len(library)):
                 model = library.borrow(index)
-                products[model.meta.filename] = (model.dq.copy(), model.data.copy())
+                products[model.meta.filename] = _product_arrays(model)
                 library.shelve(model, index, modify=False)
     finally:
         os.chdir(cwd)
     return products
 
 
-def _engine_products(asn_path: Path, out_dir: Path, params: dict) -> dict[str, tuple]:
+def _engine_products(asn_path: Path, out_dir: Path, params: dict) -> dict[str, dict]:
     result = detect_outliers(
         asn_path, output_dir=str(out_dir), scheduler="synchronous", overwrite=True, **params
     )
@@ -90,28 +100,32 @@ def _engine_products(asn_path: Path, out_dir: Path, params: dict) -> dict[str, t
     for path in result.outputs:
         with datamodels.ImageModel(str(path)) as model:
             name = Path(path).name.replace("_crf.fits", "_cal.fits")
-            products[name] = (model.dq.copy(), model.data.copy())
+            products[name] = _product_arrays(model)
     return products
 
 
 def _compare(reference: dict, ours: dict, label: str) -> None:
     assert sorted(reference) == sorted(ours)
-    flagged = differing = nan_differing = 0
-    for name, (ref_dq, ref_sci) in reference.items():
-        our_dq, our_sci = ours[name]
-        ref_out = (ref_dq & OUTLIER) != 0
-        our_out = (our_dq & OUTLIER) != 0
+    flagged = differing = 0
+    unequal = []
+    for name, ref_arrays in reference.items():
+        ref_out = (ref_arrays["dq"] & OUTLIER) != 0
+        our_out = (ours[name]["dq"] & OUTLIER) != 0
         flagged += int(ref_out.sum())
         differing += int((ref_out != our_out).sum())
-        nan_differing += int((np.isnan(ref_sci) != np.isnan(our_sci)).sum())
+        unequal += [
+            f"{name} {array}"
+            for array in PRODUCT_ARRAYS
+            if not np.array_equal(ref_arrays[array], ours[name][array], equal_nan=True)
+        ]
     print(
         f"[{label}] reference flagged {flagged} pixels; {differing} OUTLIER pixels differ; "
-        f"{nan_differing} SCI NaN pixels differ"
+        f"arrays not equal: {unequal or 'none'}"
     )
     assert flagged > 0, "the reference flagged nothing: the comparison would be empty"
     assert differing <= MAX_DIFFERING_FRACTION * flagged
     if differing == 0:
-        assert nan_differing == 0
+        assert unequal == []
 
 
 @pytest.mark.parametrize("label", list(CONFIGURATIONS))
@@ -129,7 +143,7 @@ def test_exptime_without_resampling_runs_where_the_reference_crashes(association
         association.asn_path, tmp_path, {"resample_data": False, "weight_type": "exptime"}
     )
     ivm = _engine_products(association.asn_path, tmp_path / "ivm", {"resample_data": False})
-    flagged = sum(int(((dq & OUTLIER) != 0).sum()) for dq, _ in ours.values())
+    flagged = sum(int(((arrays["dq"] & OUTLIER) != 0).sum()) for arrays in ours.values())
     assert flagged > 0
     assert sorted(ours) == sorted(ivm)
 
