@@ -1,14 +1,16 @@
-"""The local schedulers: a run on them does not pay for what it does not use."""
+"""The local schedulers: a run on them does not pay for what it does not use; a stopped
+local cluster leaves no worker process."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import subprocess
 import sys
 
 import pytest
 
-from outlier_dask.runtime.schedulers import started_process_pool
+from outlier_dask.runtime.schedulers import _close_nannies_killing_workers, started_process_pool
 from outlier_dask.synthetic import write_association
 
 _RUN_AND_LIST_MODULES = """
@@ -78,3 +80,56 @@ def test_pool_workers_do_not_collect_what_they_inherit(enabled):
     finally:
         gc.enable()
         del inherited
+
+
+class _NannyRestartingItsWorker:
+    """Stands in for a distributed ``Nanny`` whose worker died just before the cluster is
+    stopped: as its close begins it has no process (``pid`` None), then it starts a new worker
+    (the race of a SIGTERM to the whole process group), then its close takes a while."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    async def close(self) -> str:
+        await asyncio.sleep(0.1)
+        self.workers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        self.pid = self.workers[-1].pid
+        await asyncio.sleep(0.5)
+        return "OK"
+
+
+class _NannyWithItsWorker(_NannyRestartingItsWorker):
+    """A nanny whose worker is alive (busy in a task) when the cluster is stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.workers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        self.pid = self.workers[-1].pid
+
+    async def close(self) -> str:
+        await asyncio.sleep(0.3)
+        return "OK"
+
+
+def _status_within(process: subprocess.Popen, seconds: float) -> int | None:
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_closing_nannies_have_every_worker_killed_even_one_started_meanwhile():
+    """Each worker a nanny has while the nannies close is killed (SIGKILL), also one a nanny
+    starts after the close began: told to close, it would take up a task, cancel it and log
+    a warning, after the command had printed its one line."""
+    nannies = [_NannyWithItsWorker(), _NannyRestartingItsWorker()]
+    try:
+        asyncio.run(_close_nannies_killing_workers(nannies))
+        statuses = [_status_within(worker, 5) for nanny in nannies for worker in nanny.workers]
+        assert statuses == [-9, -9]  # None: still running
+    finally:
+        for nanny in nannies:
+            for worker in nanny.workers:
+                worker.kill()
+                worker.wait()
