@@ -17,6 +17,11 @@ median wall seconds of each stage per revision: ``plan``, ``drizzle``, ``median`
 ``blot+flag``, ``other`` (the rest of the call: reading the members' metadata, starting and
 stopping the workers, the report) and ``outside`` (the process's wall time outside the call:
 the interpreter's start, the imports, the exit), so that a difference can be placed.
+
+With ``--pss N``, N more runs of each revision follow the timed ones (alternated, untimed):
+the largest PSS (proportional set size: pages shared between the processes split among them)
+summed over the command's process tree, sampled every 0.1 s. Reading PSS slows a run (see
+``compare_jwst.TreeSampler``), so these runs are not timed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from compare_jwst import TreeSampler
 from outlier_masks import outlier_masks, same_masks
 
 
@@ -86,11 +92,21 @@ def stage_seconds(profile_output: str, wall: float) -> dict[str, float]:
     return stages
 
 
-def _run(checkout: Path, asn: str, out: Path, extra: list[str]) -> tuple[float, str]:
+#: Seconds between the PSS samples of ``--pss`` runs.
+_PSS_INTERVAL_S = 0.1
+
+
+def _run(
+    checkout: Path, asn: str, out: Path, extra: list[str], sampler: TreeSampler | None = None
+) -> tuple[float, str]:
+    """Run the command of ``checkout`` once; its wall seconds and its output. ``sampler``
+    (started and stopped here) samples the command's process tree meanwhile."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     subprocess.run(["sync"], check=False)
     env = dict(os.environ, PYTHONPATH=str(checkout), STPIPE_DISABLE_CRDS_STEPPARS="True")
+    if sampler is not None:
+        sampler.start()
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "outlier_dask", "-q", "run", asn, "--output-dir", str(out)]
@@ -102,6 +118,8 @@ def _run(checkout: Path, asn: str, out: Path, extra: list[str]) -> tuple[float, 
         check=False,
     )
     wall = time.perf_counter() - started
+    if sampler is not None:
+        sampler.stop()
     if done.returncode != 0:
         raise SystemExit(f"{checkout.name}: run failed\n{done.stderr}")
     return wall, done.stdout
@@ -111,6 +129,13 @@ def main() -> None:
     parser = revisions_parser(__doc__.splitlines()[0], "the association to run")
     parser.add_argument(
         "--stages", action="store_true", help="also the median seconds of each stage"
+    )
+    parser.add_argument(
+        "--pss",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then N untimed runs of each revision: the peak PSS of the process tree",
     )
     parser.add_argument("extra", nargs="*", help="options for both commands (after --)")
     args = parser.parse_args()
@@ -130,6 +155,13 @@ def main() -> None:
                 if args.stages:
                     stages[label].append(stage_seconds(output, wall))
                 print(f"{label} ({checkouts[label].name}): {wall:.2f} s", flush=True)
+        peak_pss: dict[str, list[float]] = {"A": [], "B": []}
+        for _ in range(args.pss):
+            for label in ("A", "B"):
+                sampler = TreeSampler(_PSS_INTERVAL_S, with_pss=True)
+                _run(checkouts[label], args.asn, scratch / f"out-{label}", args.extra, sampler)
+                peak_pss[label].append(round(sampler.peak_pss / 2**20, 1))
+                print(f"{label}: peak PSS {peak_pss[label][-1]:.0f} MiB (untimed)", flush=True)
         first, second = outlier_masks(scratch / "out-A"), outlier_masks(scratch / "out-B")
         same = same_masks(first, second)
         flagged = sum(int(m.sum()) for m in second.values())
@@ -143,6 +175,8 @@ def main() -> None:
             "masks_identical": same,
             "flagged": flagged,
         }
+        if args.pss:
+            summary["peak_pss_mib"] = peak_pss
         if args.stages:
             summary["median_stage_seconds"] = {
                 label: {
