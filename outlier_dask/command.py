@@ -7,6 +7,10 @@ nothing beyond :mod:`signal` and :mod:`sys`, and :func:`command` holds SIGINT an
 handlers' module, argparse, then numpy, jwst and dask) ends it with its one line and exit
 status. Only the interpreter's start-up (its ``site`` module and the installed script's first
 lines) comes earlier; a signal there ends it as it ends any Python program.
+
+On glibc, :func:`command` first starts the process again with the allocator settings of
+:mod:`outlier_dask.runtime.allocator` (``exec`` of the same program and arguments, signals
+still held), unless the user set the allocator's variables.
 """
 
 from __future__ import annotations
@@ -30,13 +34,17 @@ def command(argv: Sequence[str] | None = None) -> int:
     """Entry point of the installed ``outlier-dask`` command; returns the exit status.
 
     :func:`outlier_dask.cli.main` in a process set up for the run
-    (:mod:`outlier_dask.runtime.process`). Call ``main`` instead from a process that goes on
-    afterwards.
+    (:mod:`outlier_dask.runtime.process`, :mod:`outlier_dask.runtime.allocator`, which starts
+    the program that called this again, from its start). Call ``main`` instead from a process
+    that goes on afterwards.
     """
     # Held until the handlers exist (loading their module takes longer than the interpreter's
     # start-up); one that arrives meanwhile is delivered to them when released.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        from outlier_dask.runtime.allocator import restart_with_allocator_settings
+
+        held = restart_with_allocator_settings(held, STOP_SIGNALS)
         from outlier_dask.runtime.process import command_process
         from outlier_dask.runtime.signals import stop_if_interrupted
 

@@ -5,18 +5,21 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from outlier_dask.runtime.allocator import ALLOCATOR_TUNABLES, ALLOCATOR_VARIABLES
 from outlier_dask.runtime.process import BLAS_THREAD_VARIABLES
 
 _NUMPY_HUGEPAGE_VARIABLE = "NUMPY_MADVISE_HUGEPAGE"
-_SET_BY_THE_COMMAND = (*BLAS_THREAD_VARIABLES, _NUMPY_HUGEPAGE_VARIABLE)
+_SET_BY_THE_COMMAND = (*BLAS_THREAD_VARIABLES, _NUMPY_HUGEPAGE_VARIABLE, *ALLOCATOR_VARIABLES)
+_ON_GLIBC = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
 _COMMAND_AND_REPORT = """
-import gc, json, os, signal, sys
+import gc, json, os, resource, signal, sys
 import outlier_dask.cli
 from outlier_dask.command import command
 from outlier_dask.runtime.process import BLAS_THREAD_VARIABLES
@@ -28,7 +31,21 @@ def probed_main(argv):
         during.append(gc.get_freeze_count())
 outlier_dask.cli.main = probed_main
 status = command(sys.argv[1:])
+import numpy as np
+faults = []
+for _ in range(2):  # the second array of a size just freed: fresh pages, or the kept ones
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    np.ones(40 * 2**20 // 8)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+with open("/proc/self/environ", "rb") as started_with:
+    environ_at_start = started_with.read().decode().split("\\0")
 print(json.dumps({
+    "started with": sorted(v for v in environ_at_start if v.startswith(("GLIBC_", "OUTLIER_"))),
+    "allocator variable": os.environ.get("GLIBC_TUNABLES"),
+    "restart marker": [k for k in os.environ if k.startswith("OUTLIER_DASK_RESTART")],
+    "faults of a second 40 MiB array": faults[1],
+    "held after": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+                         if s in (signal.SIGINT, signal.SIGTERM)),
     "status": status,
     "blas": {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES},
     "hugepage": os.environ.get("NUMPY_MADVISE_HUGEPAGE"),
@@ -42,9 +59,10 @@ print(json.dumps({
 """
 
 
-def _run_command(args: list[str], **env: str) -> tuple[dict, str]:
-    """Run the command in a fresh process whose environment sets no BLAS thread count
-    besides ``env``; the report printed after it, and its stderr."""
+def _run_command(args: list[str], held: tuple[int, ...] = (), **env: str) -> tuple[dict, str]:
+    """Run the command in a fresh process whose environment sets no BLAS thread count or
+    allocator variable besides ``env``, started with the signals ``held`` blocked; the report
+    printed after it, and its stderr."""
     environment = {k: v for k, v in os.environ.items() if k not in _SET_BY_THE_COMMAND}
     completed = subprocess.run(
         [sys.executable, "-c", _COMMAND_AND_REPORT, *args],
@@ -53,6 +71,7 @@ def _run_command(args: list[str], **env: str) -> tuple[dict, str]:
         timeout=300,
         check=False,
         env={**environment, **env},
+        preexec_fn=(lambda: signal.pthread_sigmask(signal.SIG_BLOCK, held)) if held else None,
     )
     assert completed.stdout, completed.stderr
     return json.loads(completed.stdout.strip().splitlines()[-1]), completed.stderr
@@ -106,6 +125,42 @@ def test_command_process_single_threaded_blas_and_objects_frozen_only_once_it_re
     assert report["frozen"] > 0
     assert report["enabled"]
     assert report["frozen during main"] == 0
+
+
+@pytest.mark.skipif(not _ON_GLIBC, reason="the allocator's settings are glibc's")
+def test_the_command_keeps_freed_memory_and_hands_the_user_s_environment_on(tmp_path):
+    """The command starts again with glibc's tunables (they are read only when a program
+    starts): an array of a size just freed reuses its pages. The variable and the restart's
+    marker are then gone from its environment, so what it starts runs with the user's."""
+    report, _ = _run_command(["info", str(tmp_path / "missing_asn.json")])
+    assert report["status"] == 1
+    # glibc cuts the variable after its first tunable as it parses them (in place).
+    first_tunable = ALLOCATOR_TUNABLES.split(":")[0]
+    assert report["started with"] == [
+        f"GLIBC_TUNABLES={first_tunable}",
+        "OUTLIER_DASK_RESTARTED_HOLDING=",
+    ]
+    assert report["allocator variable"] is None
+    assert report["restart marker"] == []
+    assert report["faults of a second 40 MiB array"] < 20  # fresh: ~500 on this machine
+    assert report["held after"] == []
+
+
+@pytest.mark.skipif(not _ON_GLIBC, reason="the allocator's settings are glibc's")
+def test_the_command_leaves_an_allocator_the_user_set(tmp_path):
+    report, _ = _run_command(["info", str(tmp_path / "missing_asn.json")], GLIBC_TUNABLES="")
+    assert report["status"] == 1
+    assert report["started with"] == ["GLIBC_TUNABLES="]  # not started again
+    assert report["allocator variable"] == ""
+    assert report["faults of a second 40 MiB array"] > 100  # glibc's defaults: fresh pages
+
+
+def test_signals_the_caller_held_stay_held_through_the_restart(tmp_path):
+    """The command holds SIGINT and SIGTERM through its restart; once it returns, the caller's
+    held signals are as they were: SIGTERM held, SIGINT not."""
+    report, _ = _run_command(["info", str(tmp_path / "missing_asn.json")], held=(signal.SIGTERM,))
+    assert report["status"] == 1
+    assert report["held after"] == [int(signal.SIGTERM)]
 
 
 def test_command_keeps_the_users_blas_threads(tmp_path):
