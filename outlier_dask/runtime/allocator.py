@@ -65,9 +65,8 @@ def restart_with_allocator_settings(held: set[int], stop_signals: frozenset[int]
     where the C library is not glibc, or where ``exec`` fails.
     """
     restarted = os.environ.pop(_RESTARTED_VARIABLE, None)
-    if restarted is not None:
-        if os.environ.get("GLIBC_TUNABLES") == ALLOCATOR_TUNABLES:
-            del os.environ["GLIBC_TUNABLES"]
+    if restarted is not None:  # the first start found no allocator variable: this one is ours
+        os.environ.pop("GLIBC_TUNABLES", None)
         caller_held = {int(number) for number in restarted.split(",") if number}
         return (set(held) - set(stop_signals)) | caller_held
     if any(name in os.environ for name in ALLOCATOR_VARIABLES) or not _on_glibc():

@@ -11,7 +11,9 @@ start to exit, and sets it up for the run:
   ``dask.distributed`` sets for its workers.
 
 The thread counts are environment variables the libraries document, set before they are
-imported, in a process the command owns (and inherited by the workers it forks). numpy's own
+imported, in a process the command owns (and inherited by the workers it forks). glibc's
+allocator tunables, which glibc reads only when a program starts, are set by the command's
+restart at its first line (:mod:`outlier_dask.runtime.allocator`). numpy's own
 default for transparent huge pages (``NUMPY_MADVISE_HUGEPAGE``) is left alone: with huge pages
 a task's fresh arrays take fewer page faults (measured on the performance page).
 
