@@ -210,3 +210,63 @@ def test_detect_outliers_leaves_the_collector_as_it_was(enabled, frozen):
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_the_restarted_command_takes_back_what_the_restart_set(monkeypatch):
+    """In the restarted command the variable and the marker leave the environment, and the
+    signals to hold again are those the first start's caller held (SIGTERM here), not the
+    command's own."""
+    from outlier_dask.runtime.allocator import restart_with_allocator_settings
+
+    monkeypatch.setenv("GLIBC_TUNABLES", ALLOCATOR_TUNABLES.split(":")[0])  # as glibc left it
+    monkeypatch.setenv("OUTLIER_DASK_RESTARTED_HOLDING", str(int(signal.SIGTERM)))
+    stop = frozenset({signal.SIGINT, signal.SIGTERM})
+    held = restart_with_allocator_settings({signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}, stop)
+    assert held == {signal.SIGTERM, signal.SIGUSR1}
+    assert "GLIBC_TUNABLES" not in os.environ
+    assert "OUTLIER_DASK_RESTARTED_HOLDING" not in os.environ
+
+
+def _exec_refused(calls: list) -> object:
+    """Stands in for ``os.execve`` in this process: records the call, then fails as exec
+    may (the command then goes on without the settings)."""
+
+    def execve(path, args, environment):
+        calls.append(environment)
+        raise OSError("exec refused by the test")
+
+    return execve
+
+
+@pytest.mark.parametrize("variable", ALLOCATOR_VARIABLES)
+def test_an_allocator_variable_the_user_set_means_no_restart(monkeypatch, variable):
+    from outlier_dask.runtime import allocator
+
+    calls: list = []
+    monkeypatch.setattr(allocator.os, "execve", _exec_refused(calls))
+    for name in ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "0")
+    held = {signal.SIGUSR1}
+    assert allocator.restart_with_allocator_settings(held, frozenset({signal.SIGINT})) is held
+    assert calls == []
+    assert os.environ[variable] == "0"
+
+
+@pytest.mark.skipif(not _ON_GLIBC, reason="the allocator's settings are glibc's")
+def test_a_refused_restart_goes_on_with_glibcs_defaults(monkeypatch):
+    """Without allocator variables the command asks to start again with the settings and a
+    marker naming the signals its caller held; where exec fails it goes on as it was."""
+    from outlier_dask.runtime import allocator
+
+    calls: list = []
+    monkeypatch.setattr(allocator.os, "execve", _exec_refused(calls))
+    for name in ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    held = {signal.SIGTERM, signal.SIGUSR1}
+    stop = frozenset({signal.SIGINT, signal.SIGTERM})
+    assert allocator.restart_with_allocator_settings(held, stop) is held
+    (environment,) = calls
+    assert environment["GLIBC_TUNABLES"] == ALLOCATOR_TUNABLES
+    assert environment["OUTLIER_DASK_RESTARTED_HOLDING"] == str(int(signal.SIGTERM))
+    assert "GLIBC_TUNABLES" not in os.environ

@@ -78,9 +78,10 @@ def restart_with_allocator_settings(held: set[int], stop_signals: frozenset[int]
         "GLIBC_TUNABLES": ALLOCATOR_TUNABLES,
         _RESTARTED_VARIABLE: ",".join(str(int(s)) for s in sorted(set(held) & stop_signals)),
     }
-    sys.stdout.flush()
-    sys.stderr.flush()
     try:
+        for stream in (sys.stdout, sys.stderr):  # None without a console
+            if stream is not None:
+                stream.flush()
         os.execve(sys.executable, sys.orig_argv, environment)
     except OSError:
         return held  # the run goes on with glibc's defaults
