@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from outlier_dask.runtime.allocator import ALLOCATOR_TUNABLES, ALLOCATOR_VARIABLES
+from outlier_dask.runtime.allocator import ALLOCATOR_TUNABLES, ALLOCATOR_VARIABLES, on_glibc
 from outlier_dask.runtime.process import BLAS_THREAD_VARIABLES
 
 _NUMPY_HUGEPAGE_VARIABLE = "NUMPY_MADVISE_HUGEPAGE"
 _SET_BY_THE_COMMAND = (*BLAS_THREAD_VARIABLES, _NUMPY_HUGEPAGE_VARIABLE, *ALLOCATOR_VARIABLES)
-_ON_GLIBC = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+_ON_GLIBC = on_glibc()
 
 _COMMAND_AND_REPORT = """
 import gc, json, os, resource, signal, sys

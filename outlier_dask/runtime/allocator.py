@@ -28,7 +28,12 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["ALLOCATOR_TUNABLES", "ALLOCATOR_VARIABLES", "restart_with_allocator_settings"]
+__all__ = [
+    "ALLOCATOR_TUNABLES",
+    "ALLOCATOR_VARIABLES",
+    "on_glibc",
+    "restart_with_allocator_settings",
+]
 
 #: glibc's tunables for the command: no separate mapping per large block (``mmap_threshold``
 #: above any array of a run), no return of the heap's free top to the kernel
@@ -69,9 +74,9 @@ def restart_with_allocator_settings(held: set[int], stop_signals: frozenset[int]
         os.environ.pop("GLIBC_TUNABLES", None)
         caller_held = {int(number) for number in restarted.split(",") if number}
         return (set(held) - set(stop_signals)) | caller_held
-    if any(name in os.environ for name in ALLOCATOR_VARIABLES) or not _on_glibc():
+    if any(name in os.environ for name in ALLOCATOR_VARIABLES) or not on_glibc():
         return held
-    if not sys.executable or not getattr(sys, "orig_argv", None):
+    if not sys.executable or not sys.orig_argv:  # an embedded interpreter: nothing to exec
         return held
     environment = {
         **os.environ,
@@ -87,7 +92,8 @@ def restart_with_allocator_settings(held: set[int], stop_signals: frozenset[int]
         return held  # the run goes on with glibc's defaults
 
 
-def _on_glibc() -> bool:
+def on_glibc() -> bool:
+    """Whether this process's C library is glibc (whose tunables the settings are)."""
     try:
         return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
     except (ValueError, OSError, AttributeError):
